@@ -1,0 +1,225 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * The pure part of vmm_clock: the layout of the clock page the host writes, the arithmetic
+ * that turns it and a TSC value into nanoseconds, the version/retry read, the cross-CPU
+ * monotonic clamp, and the check of the clocksource list. It builds in the kernel and in
+ * user space (kmod/test/), so the code the module runs is the code the tests run.
+ *
+ * The includer defines, before including this file:
+ *   static inline u64 vmm_clock_rdtsc(void);   TSC read, ordered after earlier loads
+ *   static inline void vmm_clock_relax(void);  pause while the host is mid-update
+ * The module maps them to rdtsc_ordered() and cpu_relax(); the tests use them to play the
+ * host writing concurrently.
+ *
+ * ABI: the KVM pvclock "vcpu time info" (Documentation/virt/kvm/x86/msr.rst,
+ * MSR_KVM_SYSTEM_TIME_NEW) which OpenBSD vmm implements (sys/arch/amd64/amd64/vmm_machdep.c,
+ * vmm_update_pvclock): tsc_shift 12, tsc_to_system_mul = (10^9 << 20) / TSC Hz.
+ */
+#ifndef VMM_CLOCK_TIME_H
+#define VMM_CLOCK_TIME_H
+
+#ifdef __KERNEL__
+#include <linux/atomic.h>
+#include <linux/compiler.h>
+#include <linux/stddef.h>
+#include <linux/types.h>
+#include <asm/barrier.h>
+
+/* virt_rmb: the writer is the hypervisor, which may run on another physical CPU. */
+#define VMM_CLOCK_RMB() virt_rmb()
+
+typedef atomic64_t vmm_clock_last_t;
+
+static inline u64 vmm_clock_last_load(vmm_clock_last_t *last)
+{
+	return (u64)atomic64_read(last);
+}
+
+static inline bool vmm_clock_last_cas(vmm_clock_last_t *last, u64 *seen, u64 now)
+{
+	s64 old = (s64)*seen;
+	bool ok = atomic64_try_cmpxchg(last, &old, (s64)now);
+
+	*seen = (u64)old;
+	return ok;
+}
+#else /* user space: the tests */
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+typedef uint64_t u64;
+typedef uint32_t u32;
+typedef uint8_t u8;
+typedef int8_t s8;
+
+#define READ_ONCE(x) (*(const volatile __typeof__(x) *)&(x))
+#define VMM_CLOCK_RMB() __atomic_thread_fence(__ATOMIC_ACQUIRE)
+
+typedef u64 vmm_clock_last_t;
+
+static inline u64 vmm_clock_last_load(vmm_clock_last_t *last)
+{
+	return __atomic_load_n(last, __ATOMIC_RELAXED);
+}
+
+static inline bool vmm_clock_last_cas(vmm_clock_last_t *last, u64 *seen, u64 now)
+{
+	return __atomic_compare_exchange_n(last, seen, now, false, __ATOMIC_RELAXED, __ATOMIC_RELAXED);
+}
+#endif
+
+/* MSR_KVM_SYSTEM_TIME_NEW: guest-physical address of this CPU's page, bit 0 = enable. */
+#define VMM_CLOCK_MSR 0x4b564d01u
+#define VMM_CLOCK_MSR_ENABLE 1u
+
+/* Host's CPUID answers (vmm_handle_cpuid in vmm_machdep.c; KVM's cpuid.rst). */
+#define VMM_CLOCK_CPUID_FIRST 0x40000000u
+#define VMM_CLOCK_CPUID_LAST 0x4000ff00u
+#define VMM_CLOCK_CPUID_STEP 0x100u
+#define VMM_CLOCK_FEAT_CLOCKSOURCE (1u << 0)	/* old MSR 0x12: still a kvm-clock */
+#define VMM_CLOCK_FEAT_CLOCKSOURCE2 (1u << 3)	/* MSR 0x4b564d01 */
+#define VMM_CLOCK_FEAT_STABLE (1u << 24)	/* the page's stable flag may be trusted */
+
+/* Page flag: all CPUs' pages agree, so reads need no cross-CPU clamp. */
+#define VMM_CLOCK_FLAG_TSC_STABLE (1u << 0)
+
+/*
+ * One CPU's clock page, as the host writes it. Every field sits at its natural alignment,
+ * so the struct has no padding without needing "packed" (which would drop its alignment to
+ * 1: vmm ignores the low 4 address bits and rejects a struct that crosses a page).
+ */
+struct vmm_clock_page {
+	u32 version;		/* odd while the host is writing */
+	u32 pad0;
+	u64 tsc_timestamp;	/* guest TSC when system_time was taken */
+	u64 system_time;	/* host uptime in ns at tsc_timestamp */
+	u32 tsc_to_system_mul;	/* ns per TSC tick as a 32.32 fixed-point fraction... */
+	s8 tsc_shift;		/* ...applied after shifting the TSC delta by this */
+	u8 flags;
+	u8 pad[2];
+};
+
+_Static_assert(sizeof(struct vmm_clock_page) == 32, "pvclock vcpu_time_info is 32 bytes");
+_Static_assert(offsetof(struct vmm_clock_page, tsc_timestamp) == 8, "pvclock ABI offset");
+_Static_assert(offsetof(struct vmm_clock_page, system_time) == 16, "pvclock ABI offset");
+_Static_assert(offsetof(struct vmm_clock_page, tsc_to_system_mul) == 24, "pvclock ABI offset");
+_Static_assert(offsetof(struct vmm_clock_page, tsc_shift) == 28, "pvclock ABI offset");
+_Static_assert(offsetof(struct vmm_clock_page, flags) == 29, "pvclock ABI offset");
+
+/*
+ * (delta * mul) >> shr for 0 <= shr <= 32, exact modulo 2^64, without a 128-bit type: split
+ * delta into 32-bit halves. hi * mul * 2^32 is a multiple of 2^shr, so shifting the two
+ * partial products separately loses nothing. A plain 64-bit delta * mul wraps as soon as the
+ * product passes 2^64: with vmm's parameters, after about 4.3 s without a host update.
+ */
+static inline u64 vmm_clock_mul_shr(u64 delta, u32 mul, unsigned int shr)
+{
+	u64 lo = (u64)(u32)delta * mul;
+	u64 hi = (delta >> 32) * mul;
+
+	return (hi << (32 - shr)) + (lo >> shr);
+}
+
+/*
+ * ns for a TSC delta: ((delta shifted by shift) * mul) >> 32. A positive shift is folded into
+ * the final shift instead of shifting delta left first, so delta itself cannot overflow
+ * either. Shifts above 32 appear in no host (vmm uses 12, KVM stays within +-32); they are
+ * applied to delta directly and may wrap.
+ */
+static inline u64 vmm_clock_scale(u64 delta, u32 mul, s8 shift)
+{
+	if (shift < 0)
+		return shift <= -64 ? 0 : vmm_clock_mul_shr(delta >> -shift, mul, 32);
+	if (shift > 32)
+		return vmm_clock_mul_shr(delta << ((shift - 32) & 63), mul, 0);
+	return vmm_clock_mul_shr(delta, mul, 32 - (unsigned int)shift);
+}
+
+/*
+ * ns at TSC value tsc. A TSC behind the page's timestamp (a page of another CPU, read during
+ * CPU bring-up, with a slightly skewed TSC) counts as no time elapsed, not as 2^64 ticks.
+ */
+static inline u64 vmm_clock_ns(u64 tsc, u64 tsc_timestamp, u64 system_time, u32 mul, s8 shift)
+{
+	u64 delta = tsc > tsc_timestamp ? tsc - tsc_timestamp : 0;
+
+	return system_time + vmm_clock_scale(delta, mul, shift);
+}
+
+/*
+ * Read the page: take the version (waiting out an update in progress, odd), copy the fields
+ * and the TSC, and start again if the version moved meanwhile. *flags gets the flags of the
+ * copy that was used.
+ */
+static inline u64 vmm_clock_read_page(const struct vmm_clock_page *p, u8 *flags)
+{
+	u64 tsc, tsc_timestamp, system_time;
+	u32 version, mul;
+	s8 shift;
+	u8 f;
+
+	for (;;) {
+		version = READ_ONCE(p->version);
+		if (version & 1) {
+			vmm_clock_relax();
+			continue;
+		}
+		VMM_CLOCK_RMB();
+		tsc_timestamp = READ_ONCE(p->tsc_timestamp);
+		system_time = READ_ONCE(p->system_time);
+		mul = READ_ONCE(p->tsc_to_system_mul);
+		shift = READ_ONCE(p->tsc_shift);
+		f = READ_ONCE(p->flags);
+		tsc = vmm_clock_rdtsc();
+		VMM_CLOCK_RMB();
+		if (READ_ONCE(p->version) == version)
+			break;
+	}
+	*flags = f;
+	return vmm_clock_ns(tsc, tsc_timestamp, system_time, mul, shift);
+}
+
+/*
+ * Never return less than any CPU returned before: without the host's stable promise, two
+ * CPUs' pages may disagree by a few ns and time must still not step back.
+ */
+static inline u64 vmm_clock_monotonic(vmm_clock_last_t *last, u64 now)
+{
+	u64 seen = vmm_clock_last_load(last);
+
+	do {
+		if (now <= seen)
+			return seen;
+	} while (!vmm_clock_last_cas(last, &seen, now));
+	return now;
+}
+
+/*
+ * Whether name is one of the space-separated words of list: the format of sysfs
+ * available_clocksource (kernel/time/clocksource.c, available_clocksource_show: each
+ * name followed by a space, then a newline).
+ */
+static inline bool vmm_clock_list_has(const char *list, const char *name)
+{
+	const char *w = list;
+
+	while (*w) {
+		const char *n = name;
+		const char *c = w;
+
+		while (*n && *c == *n) {
+			c++;
+			n++;
+		}
+		if (!*n && (*c == '\0' || *c == ' ' || *c == '\n' || *c == '\t'))
+			return true;
+		while (*w && *w != ' ' && *w != '\n' && *w != '\t')
+			w++;
+		while (*w == ' ' || *w == '\n' || *w == '\t')
+			w++;
+	}
+	return false;
+}
+
+#endif /* VMM_CLOCK_TIME_H */
