@@ -1,0 +1,115 @@
+//! `almavmm-host seed`: write a cloud-init seed ISO by hand, for booting a guest without
+//! `up` (for example with `vmctl start -r seed.iso`).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use clap::Args;
+
+use crate::seed::{self, AgentPayload, SeedInputs};
+use crate::ssh::keys;
+use crate::state::{atomic, name::VmName};
+use crate::ui;
+
+#[derive(Debug, Args)]
+#[command(after_help = "\
+The seed carries a freshly generated ed25519 host key for the guest. Its public half is
+pinned in a known_hosts file written beside the ISO (seed.iso -> seed.known_hosts), so the
+first SSH connection is already verified; the private half exists only inside the ISO.
+
+Example:
+  almavmm-host seed alma --ssh-key ~/.ssh/id_ed25519.pub --agent ./almavmm-agent -o alma-seed.iso
+  vmctl start -m 2G -L -d alma.qcow2 -r alma-seed.iso alma")]
+pub struct SeedArgs {
+    /// Guest name: letters, digits, '.', '-', '_' (not first), under 64 characters.
+    pub name: VmName,
+
+    /// Your SSH public key, installed for the login user.
+    #[arg(long, value_name = "PATH")]
+    pub ssh_key: PathBuf,
+
+    /// Where to write the ISO.
+    #[arg(short, long, value_name = "FILE")]
+    pub output: PathBuf,
+
+    /// Login user created in the guest, with passwordless sudo.
+    #[arg(long, default_value = "almalinux")]
+    pub user: String,
+
+    /// Guest hostname [default: the guest name, made hostname-safe].
+    #[arg(long)]
+    pub hostname: Option<String>,
+
+    /// almavmm-agent binary (static Linux x86_64) to install in the guest.
+    #[arg(long, value_name = "PATH")]
+    pub agent: Option<PathBuf>,
+
+    /// Replace the ISO and known_hosts file if they exist.
+    #[arg(long)]
+    pub force: bool,
+}
+
+pub fn run(args: SeedArgs) -> anyhow::Result<u8> {
+    let hostname = args.hostname.clone().unwrap_or_else(|| seed::default_hostname(args.name.as_str()));
+    seed::check_hostname(&hostname)?;
+    seed::check_user(&args.user)?;
+    let authorized = keys::read_authorized_key(&args.ssh_key)?;
+    let agent = match &args.agent {
+        Some(p) => AgentPayload::Binary(read_agent(p)?),
+        None => AgentPayload::Missing,
+    };
+    let known_hosts_path = args.output.with_extension("known_hosts");
+    if !args.force {
+        for p in [&args.output, &known_hosts_path] {
+            if p.exists() {
+                bail!("{} already exists; pass --force to replace it", p.display());
+            }
+        }
+    }
+
+    let host_key = keys::generate_host_key(args.name.as_str())?;
+    let instance_id = seed::new_instance_id(args.name.as_str());
+    let inputs = SeedInputs {
+        hostname: &hostname,
+        user: &args.user,
+        authorized_key: &authorized,
+        instance_id: &instance_id,
+        host_key: Some(&host_key),
+        agent: &agent,
+    };
+    let size = seed::write_seed(&args.output, &inputs, args.force)?;
+    let line = keys::known_hosts_line(args.name.as_str(), &host_key.public_openssh);
+    if let Err(e) = atomic::write_file(&known_hosts_path, line.as_bytes(), 0o600) {
+        // Without its pin the seed is worse than useless: it would invite trust on first use.
+        let _ = std::fs::remove_file(&args.output);
+        return Err(e).with_context(|| format!("cannot write {}", known_hosts_path.display()));
+    }
+
+    eprintln!(
+        "wrote {} ({}, volume CIDATA): user {}, hostname {hostname}, instance {instance_id}",
+        args.output.display(),
+        ui::human_bytes(size),
+        args.user
+    );
+    eprintln!("pinned the guest's host key in {} under the name {}", known_hosts_path.display(), args.name);
+    if matches!(agent, AgentPayload::Missing) {
+        eprintln!(
+            "warning: no agent given (--agent PATH): the guest will boot and accept SSH, but its bootstrap stops before setup"
+        );
+    }
+    eprintln!(
+        "connect once it has booted: ssh -o StrictHostKeyChecking=yes -o UserKnownHostsFile={} -o HostKeyAlias={} {}@ADDRESS",
+        known_hosts_path.display(),
+        args.name,
+        args.user
+    );
+    Ok(crate::exit::OK)
+}
+
+fn read_agent(path: &Path) -> anyhow::Result<Vec<u8>> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read the agent binary {}", path.display()))?;
+    if !bytes.starts_with(b"\x7fELF") {
+        bail!("{} is not an ELF binary; --agent wants the static Linux build of almavmm-agent", path.display());
+    }
+    Ok(bytes)
+}

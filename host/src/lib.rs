@@ -1,0 +1,19 @@
+//! almavmm-host: provision, run and check AlmaLinux guests on OpenBSD vmd or Linux QEMU.
+//!
+//! The binary (`main.rs`) only parses arguments and maps errors to exit codes; each command
+//! lives in `cmd/`, and the modules it uses are named for what they do.
+
+pub mod agent;
+pub mod backend;
+pub mod cli;
+pub mod clock;
+pub mod cmd;
+pub mod doctor;
+pub mod exit;
+pub mod hostsetup;
+pub mod image;
+pub mod proxy;
+pub mod seed;
+pub mod ssh;
+pub mod state;
+pub mod ui;

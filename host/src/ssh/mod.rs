@@ -1,0 +1,4 @@
+//! SSH: keys, pinned host keys, and the OpenSSH client invocations that use them.
+
+pub mod client;
+pub mod keys;

@@ -1,0 +1,83 @@
+//! Writing files so that a reader sees the old contents or the new, never half of either,
+//! and a failure leaves nothing behind.
+
+use std::fs;
+use std::io::{self, Write};
+use std::path::Path;
+
+/// Write `contents` to `path` through a temporary file in the same folder, synced and then
+/// renamed over the target. `mode` is applied before any byte is written, so secrets are
+/// never readable by others even briefly.
+pub fn write_file(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
+    write_with(path, mode, |f| f.write_all(contents))
+}
+
+/// Like [`write_file`], for contents produced by a writer function. If `fill` fails, the
+/// temporary file is removed and the target is untouched.
+pub fn write_with(path: &Path, mode: u32, fill: impl FnOnce(&mut fs::File) -> io::Result<()>) -> io::Result<()> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let mut tmp = tempfile::Builder::new()
+        .prefix(&format!(".{name}."))
+        .suffix(".tmp")
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))
+        .tempfile_in(dir)?;
+    fill(tmp.as_file_mut())?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
+/// Like [`write_file`], but fails with `AlreadyExists` instead of replacing an existing file.
+/// Used wherever losing the old file would lose user data (guest disks, seeds).
+pub fn write_new(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".almavmm.")
+        .suffix(".tmp")
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))
+        .tempfile_in(dir)?;
+    tmp.write_all(contents)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist_noclobber(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn replaces_contents_with_the_requested_mode_and_leaves_no_temp() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("known_hosts");
+        fs::write(&p, "old").unwrap();
+        write_file(&p, b"new", 0o600).unwrap();
+        assert_eq!(fs::read_to_string(&p).unwrap(), "new");
+        assert_eq!(fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn failed_fill_keeps_the_old_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("vm.yaml");
+        fs::write(&p, "old").unwrap();
+        let err = write_with(&p, 0o644, |_| Err(io::Error::other("boom"))).unwrap_err();
+        assert_eq!(err.to_string(), "boom");
+        assert_eq!(fs::read_to_string(&p).unwrap(), "old");
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn write_new_never_clobbers() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("disk.qcow2");
+        fs::write(&p, "precious").unwrap();
+        let err = write_new(&p, b"x", 0o600).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AlreadyExists);
+        assert_eq!(fs::read_to_string(&p).unwrap(), "precious");
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+}

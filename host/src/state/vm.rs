@@ -1,0 +1,233 @@
+//! One guest on the host: its folder, the files in it, its mutable state, and the lock
+//! that serialises commands working on it.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Seek, Write};
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::{Flock, FlockArg};
+use serde::{Deserialize, Serialize};
+
+use super::home::Home;
+use super::name::VmName;
+use super::spec::{SpecError, VmSpec};
+use crate::exit::Classified;
+
+/// A guest: name, folder and spec.
+#[derive(Debug, Clone)]
+pub struct Vm {
+    pub name: VmName,
+    pub dir: PathBuf,
+    pub spec: VmSpec,
+}
+
+/// Who started the running guest; the ssh-proxy only ever stops guests it started itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum StartedBy {
+    /// `up` or `start`: a person wants it running.
+    #[default]
+    Hand,
+    /// `ssh-proxy`: started on demand, stopped when idle.
+    Proxy,
+}
+
+/// Facts that change while a guest lives, kept in `state.json`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmState {
+    /// The instance whose first boot completed (agent setup done, seed scrubbed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provisioned_instance: Option<String>,
+    /// QEMU: the 127.0.0.1 port forwarded to the guest's sshd in the current run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh_port: Option<u16>,
+    #[serde(default)]
+    pub started_by: StartedBy,
+    /// Unix time of the last start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<u64>,
+    /// Unix time the clock was last measured by the ssh-proxy or synced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_clock_check: Option<u64>,
+}
+
+impl Vm {
+    /// Load an existing guest, or fail with the classified "no such guest" error.
+    pub fn load(home: &Home, name: &VmName) -> anyhow::Result<Vm> {
+        let dir = home.vm_dir(name);
+        let spec_path = dir.join("vm.yaml");
+        if !spec_path.is_file() {
+            return Err(Classified::NoSuchGuest { name: name.to_string(), known: home.guest_names() }.into());
+        }
+        let spec = VmSpec::load(&spec_path)?;
+        Ok(Vm { name: name.clone(), dir, spec })
+    }
+
+    /// Load every guest that exists, in name order; broken specs are reported, not skipped.
+    pub fn load_all(home: &Home) -> Vec<anyhow::Result<Vm>> {
+        home.guest_names().into_iter().filter_map(|n| n.parse::<VmName>().ok()).map(|n| Vm::load(home, &n)).collect()
+    }
+
+    pub fn spec_path(&self) -> PathBuf {
+        self.dir.join("vm.yaml")
+    }
+    pub fn save_spec(&self) -> Result<(), SpecError> {
+        self.spec.save(&self.spec_path())
+    }
+    pub fn disk(&self) -> PathBuf {
+        self.dir.join("disk.qcow2")
+    }
+    pub fn seed(&self) -> PathBuf {
+        self.dir.join("seed.iso")
+    }
+    pub fn known_hosts(&self) -> PathBuf {
+        self.dir.join("known_hosts")
+    }
+    pub fn console_log(&self) -> PathBuf {
+        self.dir.join("console.log")
+    }
+    pub fn events_log(&self) -> PathBuf {
+        self.dir.join("events.log")
+    }
+    pub fn state_path(&self) -> PathBuf {
+        self.dir.join("state.json")
+    }
+    pub fn lock_path(&self) -> PathBuf {
+        self.dir.join("lock")
+    }
+
+    pub fn state(&self) -> VmState {
+        fs::read(self.state_path()).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default()
+    }
+
+    pub fn save_state(&self, st: &VmState) -> std::io::Result<()> {
+        let json = serde_json::to_vec_pretty(st).expect("state serialises");
+        super::atomic::write_file(&self.state_path(), &json, 0o600)
+    }
+
+    /// Change the state file under the guest's lock-free read-modify-write; callers that
+    /// race (two proxies) hold the guest lock.
+    pub fn update_state(&self, f: impl FnOnce(&mut VmState)) -> std::io::Result<VmState> {
+        let mut st = self.state();
+        f(&mut st);
+        self.save_state(&st)?;
+        Ok(st)
+    }
+
+    /// Append one line to `events.log` (what happened to this guest, and when).
+    pub fn log_event(&self, what: &str) {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        if let Ok(mut f) = OpenOptions::new().create(true).append(true).open(self.events_log()) {
+            let _ = writeln!(f, "{now} {what}");
+        }
+    }
+
+    /// Take the guest's lock, or fail at once naming the process that holds it.
+    pub fn lock(&self) -> Result<VmLock, LockError> {
+        VmLock::acquire(&self.lock_path(), self.name.as_str())
+    }
+}
+
+/// Held while a command changes a guest; released on drop.
+#[derive(Debug)]
+pub struct VmLock {
+    _flock: Flock<File>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    #[error(
+        "another almavmm-host command is working on {name}{}; wait for it to finish, or stop it",
+        holder.map(|p| format!(" (pid {p})")).unwrap_or_default()
+    )]
+    Busy { name: String, holder: Option<u32> },
+    #[error("cannot open the lock file {path}: {source}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl VmLock {
+    /// Like [`VmLock::acquire`], but wait up to `limit` for another command to finish.
+    pub fn acquire_wait(path: &Path, name: &str, limit: std::time::Duration) -> Result<VmLock, LockError> {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            match Self::acquire(path, name) {
+                Err(LockError::Busy { .. }) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(50))
+                }
+                other => return other,
+            }
+        }
+    }
+
+    pub fn acquire(path: &Path, name: &str) -> Result<VmLock, LockError> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(|source| LockError::Open { path: path.to_owned(), source })?;
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(mut flock) => {
+                // Record who holds it, for the message another command will print.
+                let _ = flock.set_len(0);
+                let _ = flock.rewind();
+                let _ = write!(flock, "{}", std::process::id());
+                Ok(VmLock { _flock: flock })
+            }
+            Err((mut file, _)) => {
+                let mut s = String::new();
+                let _ = file.read_to_string(&mut s);
+                Err(LockError::Busy { name: name.to_string(), holder: s.trim().parse().ok() })
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn second_lock_is_refused_with_the_holder_pid_and_freed_on_drop() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("lock");
+        let held = VmLock::acquire(&p, "alma").unwrap();
+        let err = VmLock::acquire(&p, "alma").unwrap_err();
+        assert!(matches!(err, LockError::Busy { holder: Some(pid), .. } if pid == std::process::id()));
+        assert!(err.to_string().starts_with("another almavmm-host command is working on alma (pid "), "{err}");
+        drop(held);
+        VmLock::acquire(&p, "alma").unwrap();
+    }
+
+    #[test]
+    fn unknown_guest_names_the_ones_that_exist() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::at(dir.path());
+        fs::create_dir_all(dir.path().join("vms/web")).unwrap();
+        fs::write(dir.path().join("vms/web/vm.yaml"), "x").unwrap();
+        let err = Vm::load(&home, &"db".parse().unwrap()).unwrap_err();
+        assert_eq!(err.to_string(), "no guest named \"db\"; guests: web");
+        assert_eq!(crate::exit::code_for(&err), crate::exit::NO_SUCH_GUEST);
+    }
+
+    #[test]
+    fn state_defaults_when_absent_and_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let vm = Vm {
+            name: "a".parse().unwrap(),
+            dir: dir.path().to_owned(),
+            spec: serde_norway::from_str(
+                "name: a\nbackend: qemu\nmemory: 1G\ndisk_size: 10G\nimage: {url: u, trust: almalinux9}\nuser: u\nhostname: a\nssh_key: /k.pub\ninstance_id: i\n",
+            )
+            .unwrap(),
+        };
+        assert_eq!(vm.state(), VmState::default());
+        let st = vm.update_state(|s| s.ssh_port = Some(2222)).unwrap();
+        assert_eq!(vm.state(), st);
+    }
+}
