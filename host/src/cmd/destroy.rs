@@ -1,0 +1,46 @@
+//! `almavmm-host destroy NAME`: stop a guest and delete it (disk, seed, keys, logs). The
+//! shared base image it was made from stays in the image cache.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::time::Duration;
+
+use anyhow::bail;
+use clap::Args;
+
+use super::common;
+use crate::state::name::VmName;
+
+#[derive(Debug, Args)]
+pub struct DestroyArgs {
+    /// The guest to delete.
+    pub name: VmName,
+    /// Do not ask for confirmation.
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+}
+
+pub fn run(args: DestroyArgs) -> anyhow::Result<u8> {
+    let g = common::open(&args.name)?;
+    let _lock = g.vm.lock()?;
+    if !args.yes {
+        if !std::io::stdin().is_terminal() {
+            bail!("refusing to destroy {} without confirmation: pass --yes", g.vm.name);
+        }
+        eprint!(
+            "Destroy {} and delete its disk {}? Type the guest's name to confirm: ",
+            g.vm.name,
+            g.vm.disk().display()
+        );
+        std::io::stderr().flush()?;
+        let mut answer = String::new();
+        std::io::stdin().lock().read_line(&mut answer)?;
+        if answer.trim() != g.vm.name.as_str() {
+            bail!("not confirmed; {} is untouched", g.vm.name);
+        }
+    }
+    super::stop::stop(&g, Duration::from_secs(60))?;
+    g.backend.undefine(&g.vm)?;
+    std::fs::remove_dir_all(&g.vm.dir)?;
+    eprintln!("{} destroyed (its base image stays in {})", g.vm.name, g.home.images_dir().display());
+    Ok(crate::exit::OK)
+}

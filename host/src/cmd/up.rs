@@ -1,0 +1,670 @@
+//! `almavmm-host up [NAME]`: from nothing (or from wherever a previous run stopped) to a
+//! running guest reachable over SSH with its pinned host key and its agent set up.
+//!
+//! Every stage checks whether its output already exists and is sound before doing work,
+//! so `up` can be re-run at any point: after a failure it continues, on a healthy running
+//! guest it does nothing and says so. A guest disk that exists is never overwritten.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Args;
+use serde::Serialize;
+
+use crate::agent::{locate, remote};
+use crate::backend::{self, Backend, Endpoint, RunState};
+use crate::image::{self, ImageSource, Trust};
+use crate::seed::{self, AgentPayload, SeedInputs};
+use crate::ssh::client::{self, Target};
+use crate::ssh::keys;
+use crate::state::home::Home;
+use crate::state::name::VmName;
+use crate::state::size::ByteSize;
+use crate::state::spec::{BackendKind, ImageSpec, ImageTrust, VmSpec};
+use crate::state::vm::{StartedBy, Vm};
+use crate::ui::progress::{StageRecord, Stages};
+
+const DEFAULT_MEMORY: ByteSize = ByteSize::gib(2);
+const DEFAULT_DISK: ByteSize = ByteSize::gib(20);
+const MIN_MEMORY: ByteSize = ByteSize::mib(512);
+
+#[derive(Debug, Args)]
+#[command(after_help = concat!(
+    "Stages: host, image (fetch, verify, inspect, prepare), disk, seed, define, start, address, ssh, agent, ",
+    "seed scrub, clock, health. Each is skipped when its result already exists, so `up` can be re-run at any time.\n\n",
+    "The agent put on the seed is looked up in this order: ",
+    "--agent PATH, $ALMAVMM_AGENT, almavmm-agent next to almavmm-host, ../libexec/almavmm/almavmm-agent relative to it, ",
+    "$ALMAVMM_HOME/almavmm-agent, else the source bundle.\n\n",
+    "Examples:\n",
+    "  almavmm-host up                                  # guest `alma`, AlmaLinux 9, 2G RAM, 20G disk\n",
+    "  almavmm-host up web --memory 4G --disk 40G\n",
+    "  almavmm-host up web                              # again: resumes, or says it is already up"
+))]
+pub struct UpArgs {
+    /// Guest name: letters, digits, '.', '-', '_' (not first), under 64 characters.
+    #[arg(default_value = "alma")]
+    pub name: VmName,
+
+    /// Guest memory (e.g. 2G, 1536M) [default: 2G].
+    #[arg(long)]
+    pub memory: Option<ByteSize>,
+
+    /// Guest disk size; the disk is a thin overlay, so this is a ceiling, not an allocation [default: 20G].
+    #[arg(long)]
+    pub disk: Option<ByteSize>,
+
+    /// Cloud image to boot [default: the AlmaLinux 9 GenericCloud image].
+    #[arg(long = "image-url", alias = "image", value_name = "URL")]
+    pub image_url: Option<String>,
+
+    /// Checksum list for the image [default: CHECKSUM beside the image].
+    #[arg(long, value_name = "URL")]
+    pub checksum_url: Option<String>,
+
+    /// OpenPGP key that signs the checksum list, instead of AlmaLinux's (file or URL).
+    #[arg(long, value_name = "PATH|URL", requires = "signing_key_fingerprint")]
+    pub signing_key: Option<String>,
+
+    /// Fingerprint the --signing-key must have.
+    #[arg(long, value_name = "HEX", requires = "signing_key")]
+    pub signing_key_fingerprint: Option<String>,
+
+    /// Do not check the checksum list's signature (the SHA-256 is still compared). Recorded in the guest's spec.
+    #[arg(long, conflicts_with = "signing_key")]
+    pub insecure_skip_verify: bool,
+
+    /// Your SSH public key [default: ~/.ssh/id_ed25519.pub].
+    #[arg(long, value_name = "PATH")]
+    pub ssh_key: Option<PathBuf>,
+
+    /// Login user created in the guest, with passwordless sudo [default: almalinux].
+    #[arg(long)]
+    pub user: Option<String>,
+
+    /// Guest hostname [default: the guest name, made hostname-safe].
+    #[arg(long)]
+    pub hostname: Option<String>,
+
+    /// The almavmm-agent binary to install in the guest (see the lookup order below).
+    #[arg(long, value_name = "PATH")]
+    pub agent: Option<PathBuf>,
+
+    /// Hypervisor backend [default: vmd on OpenBSD, qemu elsewhere].
+    #[arg(long, value_enum)]
+    pub backend: Option<BackendKind>,
+
+    /// How long to wait for the guest's sshd and then for its agent setup, in seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 900)]
+    pub timeout: u64,
+
+    /// Print a machine-readable result on stdout when done (progress stays on stderr).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The final result, for `--json`.
+#[derive(Debug, Serialize)]
+pub struct UpResult {
+    pub name: String,
+    pub state: &'static str,
+    pub already_up: bool,
+    pub ssh: SshInfo,
+    pub stages: Vec<StageRecord>,
+    pub health: Option<HealthSummary>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SshInfo {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub known_hosts: PathBuf,
+    pub command: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct HealthSummary {
+    pub agent_version: String,
+    pub distro: String,
+    pub kernel: String,
+    pub clocksource: Option<String>,
+    pub clock_path: String,
+    pub setup_ok: bool,
+}
+
+const STAGES: usize = 12;
+
+pub fn run(args: UpArgs) -> anyhow::Result<u8> {
+    let home = Home::from_env()?;
+    home.ensure_dir(&home.vms_dir())?;
+    let dir = home.ensure_dir(&home.vm_dir(&args.name))?;
+    // The lock file lives in the guest's folder, which must exist first; a brand-new
+    // folder without vm.yaml is harmless and reused by the next run.
+    let lock = crate::state::vm::VmLock::acquire(&dir.join("lock"), args.name.as_str())?;
+    let vm = load_or_create(&home, &args, &dir)?;
+    let backend = backend::for_kind(vm.spec.backend, &home)?;
+    let mut stages = Stages::new(STAGES, false);
+    let result = bring_up(&home, &vm, backend.as_ref(), &args, &mut stages);
+    drop(lock);
+    let result = result?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&result)?);
+    }
+    Ok(crate::exit::OK)
+}
+
+fn default_ssh_key() -> anyhow::Result<PathBuf> {
+    let home = std::env::var_os("HOME").context("HOME is not set; pass --ssh-key")?;
+    let p = PathBuf::from(home).join(".ssh/id_ed25519.pub");
+    if !p.is_file() {
+        bail!(
+            "no SSH key given and {} does not exist: create one with `ssh-keygen -t ed25519` or pass --ssh-key PATH",
+            p.display()
+        );
+    }
+    Ok(p)
+}
+
+fn load_or_create(home: &Home, args: &UpArgs, dir: &Path) -> anyhow::Result<Vm> {
+    if dir.join("vm.yaml").is_file() {
+        let vm = Vm::load(home, &args.name)?;
+        warn_ignored_flags(&vm.spec, args);
+        return Ok(vm);
+    }
+    let memory = args.memory.unwrap_or(DEFAULT_MEMORY);
+    if memory < MIN_MEMORY {
+        bail!("--memory {memory} is too little for a cloud image; give at least {MIN_MEMORY}");
+    }
+    let disk = args.disk.unwrap_or(DEFAULT_DISK);
+    let user = args.user.clone().unwrap_or_else(|| "almalinux".into());
+    seed::check_user(&user)?;
+    let hostname = args.hostname.clone().unwrap_or_else(|| seed::default_hostname(args.name.as_str()));
+    seed::check_hostname(&hostname)?;
+    let ssh_key = match &args.ssh_key {
+        Some(p) => std::path::absolute(p)?,
+        None => default_ssh_key()?,
+    };
+    keys::read_authorized_key(&ssh_key)?;
+    let trust = match (&args.signing_key, &args.signing_key_fingerprint, args.insecure_skip_verify) {
+        (_, _, true) => ImageTrust::InsecureSkipVerify,
+        (Some(key), Some(fpr), false) => ImageTrust::Key { key: absolute_if_path(key), fingerprint: fpr.clone() },
+        _ => ImageTrust::Almalinux9,
+    };
+    let spec = VmSpec {
+        name: args.name.clone(),
+        backend: args.backend.unwrap_or_else(BackendKind::native),
+        memory,
+        disk_size: disk,
+        image: ImageSpec {
+            url: args.image_url.clone().unwrap_or_else(|| image::DEFAULT_IMAGE_URL.into()),
+            checksum_url: args.checksum_url.clone(),
+            trust,
+            sha256: None,
+        },
+        user,
+        hostname,
+        ssh_key,
+        instance_id: seed::new_instance_id(args.name.as_str()),
+    };
+    if spec.image.trust == ImageTrust::InsecureSkipVerify {
+        eprintln!(
+            "WARNING: --insecure-skip-verify: the image's checksum list will not be checked for a signature; \
+             anyone who can tamper with the download can own this guest. This is recorded in vm.yaml."
+        );
+    }
+    let vm = Vm { name: args.name.clone(), dir: dir.to_owned(), spec };
+    vm.save_spec()?;
+    vm.log_event("created");
+    Ok(vm)
+}
+
+/// A key given as a relative file path is stored absolute, so later runs from elsewhere work.
+fn absolute_if_path(key: &str) -> String {
+    if key.contains("://") {
+        key.to_string()
+    } else {
+        std::path::absolute(key).map(|p| p.display().to_string()).unwrap_or_else(|_| key.to_string())
+    }
+}
+
+fn warn_ignored_flags(spec: &VmSpec, args: &UpArgs) {
+    let mut ignored = Vec::new();
+    if args.memory.is_some_and(|m| m != spec.memory) {
+        ignored.push(format!("--memory (it has {})", spec.memory));
+    }
+    if args.disk.is_some_and(|d| d != spec.disk_size) {
+        ignored.push(format!("--disk (it has {})", spec.disk_size));
+    }
+    if args.image_url.as_ref().is_some_and(|u| *u != spec.image.url) {
+        ignored.push("--image-url".into());
+    }
+    if args.user.as_ref().is_some_and(|u| *u != spec.user) {
+        ignored.push(format!("--user (it has {})", spec.user));
+    }
+    if args.backend.is_some_and(|b| b != spec.backend) {
+        ignored.push(format!("--backend (it uses {})", spec.backend.as_str()));
+    }
+    if !ignored.is_empty() {
+        eprintln!(
+            "note: {} exists; ignoring {}. Edit its vm.yaml to change what can be changed, or destroy and re-create it.",
+            spec.name,
+            ignored.join(", ")
+        );
+    }
+}
+
+fn image_source(spec: &ImageSpec) -> ImageSource {
+    ImageSource {
+        url: spec.url.clone(),
+        checksum_url: spec.checksum_url.clone(),
+        trust: match &spec.trust {
+            ImageTrust::Almalinux9 => Trust::AlmaLinux9,
+            ImageTrust::Key { key, fingerprint } => Trust::Key { key: key.clone(), fingerprint: fingerprint.clone() },
+            ImageTrust::InsecureSkipVerify => Trust::InsecureSkipVerify,
+        },
+    }
+}
+
+/// OpenBSD: vmd, firmware, forwarding, pf and vm.conf, each checked and fixed if needed.
+/// Returns what was changed. Before anything asks vmd a question: it may not run yet.
+fn host_setup(backend: &dyn Backend) -> anyhow::Result<String> {
+    if backend.kind() != BackendKind::Vmd {
+        return Ok("nothing to set up for QEMU".into());
+    }
+    let facts = crate::hostsetup::gather_auto()?;
+    let actions = crate::hostsetup::plan(&facts);
+    if actions.is_empty() {
+        return Ok("vmd, firmware, forwarding and pf already set up".into());
+    }
+    let applied = crate::hostsetup::apply(&actions, false, &mut std::io::stderr())?;
+    Ok(format!("{} change(s) applied", applied.len()))
+}
+
+fn bring_up(home: &Home, vm: &Vm, backend: &dyn Backend, args: &UpArgs, st: &mut Stages) -> anyhow::Result<UpResult> {
+    let timeout = Duration::from_secs(args.timeout);
+    let state = vm.state();
+    let provisioned = state.provisioned_instance.as_deref() == Some(vm.spec.instance_id.as_str());
+
+    // 1. host
+    let s = st.start("host");
+    let setup = match host_setup(backend) {
+        Ok(d) => d,
+        Err(e) => {
+            st.failed(s, "host setup failed");
+            return Err(e);
+        }
+    };
+    match backend.check() {
+        Ok(desc) => st.done(s, format!("{desc}; {setup}")),
+        Err(e) => {
+            st.failed(s, "backend unavailable");
+            return Err(e.into());
+        }
+    }
+    let already_up = provisioned && backend.state(vm)? == RunState::Running;
+
+    // 2. image: only needed while the disk does not exist yet.
+    let s = st.start("image");
+    let base = if vm.disk().is_file() {
+        st.skipped(s, "the guest's disk exists");
+        None
+    } else {
+        let src = image_source(&vm.spec.image);
+        st.note(&s, "fetching and verifying");
+        let fetched = image::fetch(home, &src)?;
+        if let Some(known) = &vm.spec.image.sha256
+            && *known != fetched.sha256
+        {
+            tracing::info!("image changed since {} was created: {known} -> {}", vm.name, fetched.sha256);
+        }
+        st.note(&s, "inspecting and preparing");
+        let prepared = image::prepare(home, &fetched.path, &fetched.sha256)?;
+        let mut spec = vm.spec.clone();
+        spec.image.sha256 = Some(fetched.sha256.clone());
+        Vm { spec: spec.clone(), ..vm.clone() }.save_spec()?;
+        let how = format!(
+            "{} {}, {}; {}",
+            fetched.file_name,
+            if fetched.downloaded { "downloaded" } else { "cached" },
+            if fetched.signature_checked {
+                "signature and SHA-256 verified"
+            } else {
+                "signature NOT checked (--insecure-skip-verify)"
+            },
+            if prepared.converted { "converted for vmd (no compressed clusters)" } else { "usable as is" }
+        );
+        st.done(s, how);
+        Some(prepared.path)
+    };
+
+    // 3. disk
+    let s = st.start("disk");
+    if vm.disk().is_file() {
+        st.skipped(s, "exists; never overwritten");
+    } else {
+        let base = base.expect("the image stage ran because the disk is missing");
+        let tool = match vm.spec.backend {
+            BackendKind::Vmd => image::OverlayTool::Vmctl,
+            BackendKind::Qemu => image::OverlayTool::QemuImg,
+        };
+        image::create_overlay(&base, &vm.disk(), vm.spec.disk_size.as_u64(), tool)?;
+        st.done(s, format!("{} overlay on {}", vm.spec.disk_size, base.display()));
+    }
+
+    // 4. seed
+    let s = st.start("seed");
+    if vm.seed().is_file() && vm.known_hosts().is_file() {
+        st.skipped(s, "exists");
+    } else if provisioned {
+        bail!(
+            "{}'s seed or known_hosts file is gone although the guest was provisioned; without its pinned key it \
+             cannot be trusted again: destroy and re-create it",
+            vm.name
+        );
+    } else {
+        let detail = write_first_seed(home, vm, args)?;
+        st.done(s, detail);
+    }
+
+    // 5. define
+    let s = st.start("define");
+    backend.define(vm)?;
+    st.done(s, format!("{} backend", backend.kind().as_str()));
+
+    // 6. start
+    let s = st.start("start");
+    match backend.state(vm)? {
+        RunState::Running => {
+            // `up` is a person asking for the guest: the ssh-proxy must not stop it later.
+            vm.update_state(|x| x.started_by = StartedBy::Hand)?;
+            st.skipped(s, "already running")
+        }
+        RunState::Paused => bail!("{} is paused; resume it with the hypervisor first", vm.name),
+        _ => {
+            backend.start(vm)?;
+            vm.update_state(|x| x.started_by = StartedBy::Hand)?;
+            vm.log_event("started by up");
+            st.done(s, "booting")
+        }
+    }
+
+    // 7. address
+    let s = st.start("address");
+    let endpoint = wait_endpoint(backend, vm, Duration::from_secs(120))?;
+    st.done(s, endpoint.to_string());
+    let target = Target::for_vm(vm, endpoint.clone());
+
+    // 8. ssh
+    let s = st.start("ssh");
+    st.note(&s, "waiting for sshd");
+    let started = Instant::now();
+    if let Err(e) = wait_sshd(backend, vm, &endpoint, timeout) {
+        st.failed(s, "no SSH server");
+        return Err(e);
+    }
+    let remaining = timeout.saturating_sub(started.elapsed());
+    let out = retry_ssh(&target, remaining.max(Duration::from_secs(60)))?;
+    st.done(s, format!("pinned host key verified ({})", out.trim()));
+
+    // 9. agent
+    let s = st.start("agent");
+    if provisioned {
+        st.skipped(s, "set up at first boot");
+    } else {
+        st.note(&s, "waiting for first-boot setup");
+        wait_agent(vm, &target, timeout)?;
+        st.done(s, "setup finished for this instance");
+    }
+
+    // 10. seed scrub
+    let s = st.start("seed scrub");
+    if provisioned {
+        st.skipped(s, "no private key on the seed");
+    } else {
+        rewrite_seed_without_private_key(home, vm, args)?;
+        vm.update_state(|x| x.provisioned_instance = Some(vm.spec.instance_id.clone()))?;
+        vm.log_event("provisioned; seed rewritten without the private host key");
+        st.done(s, "seed rewritten without the private host key");
+    }
+
+    // 11. clock: a fresh guest set its clock from the RTC, to the second at best.
+    let s = st.start("clock");
+    match crate::clock::sync_if_off(&target) {
+        Ok((m, None)) => st.done(
+            s,
+            format!("offset {} (±{:.1} ms)", crate::clock::human_offset(m.offset_ns), m.error_bound_ns as f64 / 1e6),
+        ),
+        Ok((b, Some(a))) => {
+            vm.update_state(|x| x.last_clock_check = Some(unix_now()))?;
+            st.done(
+                s,
+                format!(
+                    "was {}, synced to {}",
+                    crate::clock::human_offset(b.offset_ns),
+                    crate::clock::human_offset(a.offset_ns)
+                ),
+            )
+        }
+        Err(e) => st.failed(s, e.to_string()),
+    }
+
+    // 12. health
+    let s = st.start("health");
+    let health = match remote::health(&target) {
+        Ok(h) => {
+            let summary = HealthSummary {
+                agent_version: h.agent.version.clone(),
+                distro: h.distro.pretty_name.clone(),
+                kernel: h.kernel.clone(),
+                clocksource: h.clocksource.current.clone(),
+                clock_path: h.clock_path.reason.clone(),
+                setup_ok: h.setup.as_ref().is_some_and(|r| r.succeeded()),
+            };
+            st.done(
+                s,
+                format!(
+                    "{}, kernel {}, clocksource {}, agent {}",
+                    summary.distro,
+                    summary.kernel,
+                    summary.clocksource.as_deref().unwrap_or("?"),
+                    summary.agent_version
+                ),
+            );
+            Some(summary)
+        }
+        Err(e) => {
+            st.failed(s, format!("{e}"));
+            None
+        }
+    };
+
+    let ssh_cmd = format!(
+        "ssh -o StrictHostKeyChecking=yes -o UserKnownHostsFile={} -o HostKeyAlias={} -p {} {}@{}",
+        vm.known_hosts().display(),
+        vm.name,
+        endpoint.port,
+        vm.spec.user,
+        endpoint.host
+    );
+    if already_up {
+        eprintln!("{} was already up; nothing to do.", vm.name);
+    } else {
+        eprintln!("{} is up.", vm.name);
+    }
+    eprintln!("  connect: {ssh_cmd}");
+    eprintln!("  or, after `almavmm-host ssh-config`: ssh {}.almavmm", vm.name);
+    Ok(UpResult {
+        name: vm.name.to_string(),
+        state: "running",
+        already_up,
+        ssh: SshInfo {
+            host: endpoint.host,
+            port: endpoint.port,
+            user: vm.spec.user.clone(),
+            known_hosts: vm.known_hosts(),
+            command: ssh_cmd,
+        },
+        stages: st.records().to_vec(),
+        health,
+    })
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// The agent to carry, by the documented lookup order.
+fn agent_payload(home: &Home, explicit: Option<&Path>) -> anyhow::Result<(AgentPayload, String)> {
+    let exe = std::env::current_exe().ok();
+    let cands =
+        locate::candidates(explicit, std::env::var_os("ALMAVMM_AGENT").map(PathBuf::from), exe.as_deref(), home.root());
+    match locate::find(&cands)? {
+        Some((found, bytes)) => {
+            let desc = format!("agent from {} ({})", found.from, found.path.display());
+            Ok((AgentPayload::Binary(bytes), desc))
+        }
+        None => bail!(
+            "no almavmm-agent binary found (looked in: {}); build one with `cargo xtask agent` and pass --agent PATH",
+            locate::LOOKUP_ORDER
+        ),
+    }
+}
+
+fn seed_inputs<'a>(
+    vm: &'a Vm,
+    key: &'a keys::AuthorizedKey,
+    host_key: Option<&'a keys::HostKeyPair>,
+    agent: &'a AgentPayload,
+) -> SeedInputs<'a> {
+    SeedInputs {
+        hostname: &vm.spec.hostname,
+        user: &vm.spec.user,
+        authorized_key: key,
+        instance_id: &vm.spec.instance_id,
+        host_key,
+        agent,
+    }
+}
+
+/// First seed: a fresh host key pair; the public half pinned in known_hosts, the private
+/// half only inside the ISO.
+fn write_first_seed(home: &Home, vm: &Vm, args: &UpArgs) -> anyhow::Result<String> {
+    let key = keys::read_authorized_key(&vm.spec.ssh_key)?;
+    let (agent, agent_desc) = agent_payload(home, args.agent.as_deref())?;
+    let host_key = keys::generate_host_key(vm.name.as_str())?;
+    let line = keys::known_hosts_line(vm.name.as_str(), &host_key.public_openssh);
+    // Pin first: a seed must never exist without its pin.
+    crate::state::atomic::write_file(&vm.known_hosts(), line.as_bytes(), 0o600)?;
+    seed::write_seed(&vm.seed(), &seed_inputs(vm, &key, Some(&host_key), &agent), true)?;
+    Ok(format!("host key pinned; {agent_desc}"))
+}
+
+fn rewrite_seed_without_private_key(home: &Home, vm: &Vm, args: &UpArgs) -> anyhow::Result<()> {
+    let key = keys::read_authorized_key(&vm.spec.ssh_key)?;
+    // The payload stays (the agent may be re-run by hand from it); only the key goes.
+    let agent = agent_payload(home, args.agent.as_deref()).map(|(a, _)| a).unwrap_or(AgentPayload::Missing);
+    seed::write_seed(&vm.seed(), &seed_inputs(vm, &key, None, &agent), true)?;
+    Ok(())
+}
+
+/// Wait for the guest's sshd, checking every few seconds that the guest is still running,
+/// so that a guest that crashed or powered off fails now rather than at the timeout.
+fn wait_sshd(backend: &dyn Backend, vm: &Vm, endpoint: &Endpoint, limit: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let slice = deadline.saturating_duration_since(Instant::now()).min(Duration::from_secs(5));
+        match client::wait_for_banner(endpoint, Duration::from_millis(250), slice) {
+            Ok(_) => return Ok(()),
+            Err(e) if Instant::now() >= deadline => bail!("{e}\n{}", boot_diagnosis(vm)),
+            Err(_) => {}
+        }
+        match backend.state(vm)? {
+            RunState::Running | RunState::Unknown => {}
+            RunState::Crashed => bail!(
+                "{} crashed while booting (the hypervisor reports an internal error or a guest panic)\n{}",
+                vm.name,
+                console_tail(vm, 30)
+            ),
+            other => bail!("{} is {} instead of booting\n{}", vm.name, other.as_str(), console_tail(vm, 30)),
+        }
+    }
+}
+
+fn wait_endpoint(backend: &dyn Backend, vm: &Vm, limit: Duration) -> anyhow::Result<Endpoint> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(ep) = backend.ssh_endpoint(vm)? {
+            return Ok(ep);
+        }
+        if Instant::now() >= deadline {
+            bail!("{} has no known address after {}s\n{}", vm.name, limit.as_secs(), boot_diagnosis(vm));
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// sshd may answer before cloud-init has installed the user's key: retry authentication
+/// failures until the deadline, but never a host-key mismatch.
+fn retry_ssh(t: &Target, limit: Duration) -> anyhow::Result<String> {
+    let deadline = Instant::now() + limit;
+    loop {
+        match t.run("uname -sr") {
+            Ok(out) => return Ok(out.stdout),
+            Err(e @ client::SshError::HostKeyChanged { .. }) => return Err(e.into()),
+            Err(e) if Instant::now() >= deadline => return Err(e.into()),
+            Err(e) => tracing::debug!("ssh not ready yet: {e}"),
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+fn wait_agent(vm: &Vm, t: &Target, limit: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + limit;
+    loop {
+        match remote::boot_done(t) {
+            Ok(Some(id)) if id == vm.spec.instance_id => return Ok(()),
+            Ok(Some(id)) => {
+                tracing::debug!("boot-done marker is for instance {id}, waiting for {}", vm.spec.instance_id)
+            }
+            Ok(None) => {}
+            // Never retry a key problem; anything else (cloud-init restarts sshd during first
+            // boot, resetting connections) is retried until the deadline.
+            Err(e @ (client::SshError::HostKeyChanged { .. } | client::SshError::AuthRefused { .. })) => {
+                return Err(e.into());
+            }
+            Err(e) if Instant::now() >= deadline => return Err(e.into()),
+            Err(e) => tracing::debug!("asking for the boot-done marker: {e}"),
+        }
+        let console = std::fs::read_to_string(vm.console_log()).unwrap_or_default();
+        if let Some(failed) = console.lines().find(|l| l.contains("almavmm-bootstrap:") && l.contains("FAILED")) {
+            bail!("the guest's first-boot bootstrap failed: {}\n{}", failed.trim(), console_tail(vm, 25));
+        }
+        if Instant::now() >= deadline {
+            bail!("the agent did not finish first-boot setup within {}s\n{}", limit.as_secs(), console_tail(vm, 25));
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    }
+}
+
+fn console_tail(vm: &Vm, n: usize) -> String {
+    let text = std::fs::read_to_string(vm.console_log()).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    let tail = &lines[lines.len().saturating_sub(n)..];
+    format!(
+        "last lines of {}:\n{}",
+        vm.console_log().display(),
+        tail.iter().map(|l| format!("  | {l}")).collect::<Vec<_>>().join("\n")
+    )
+}
+
+/// What to tell a user whose guest never answered: the console, and the usual causes.
+fn boot_diagnosis(vm: &Vm) -> String {
+    format!(
+        "{}\nLikely causes: the image did not boot (firmware or disk problem: see the console above); the guest has \
+         no network (no DHCP lease: on OpenBSD check vmd's `local interface` and pf); sshd failed to start; or the \
+         guest is just slow (software emulation): re-run `almavmm-host up {}` to keep waiting.",
+        console_tail(vm, 30),
+        vm.name
+    )
+}
