@@ -1,0 +1,286 @@
+//! The hardware clock through `/dev/rtc0` (Linux Documentation/admin-guide/rtc.rst):
+//! `RTC_RD_TIME` and `RTC_SET_TIME` carry a `struct rtc_time` (include/uapi/linux/rtc.h: nine
+//! ints laid out like the first nine fields of `struct tm`), in UTC on the machines we run
+//! on (QEMU's and vmd's mc146818 emulations keep UTC; `/etc/adjtime` says otherwise when a
+//! guest keeps local time, which we then refuse to compare).
+//!
+//! The device allows one opener at a time (drivers/rtc/dev.c returns EBUSY to a second), so
+//! it is opened per use and never held.
+
+use std::fs::File;
+use std::io;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use rustix::ioctl::{Getter, Setter, ioctl, opcode};
+
+use crate::sysroot::SysRoot;
+use crate::timekeeping;
+
+pub const DEVICE: &str = "/dev/rtc0";
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RtcTime {
+    pub tm_sec: i32,
+    pub tm_min: i32,
+    pub tm_hour: i32,
+    pub tm_mday: i32,
+    /// 0-11.
+    pub tm_mon: i32,
+    /// Years since 1900.
+    pub tm_year: i32,
+    pub tm_wday: i32,
+    pub tm_yday: i32,
+    pub tm_isdst: i32,
+}
+
+/// `_IOR('p', 0x09, struct rtc_time)`.
+const RTC_RD_TIME: rustix::ioctl::Opcode = opcode::read::<RtcTime>(b'p', 0x09);
+/// `_IOW('p', 0x0a, struct rtc_time)`.
+const RTC_SET_TIME: rustix::ioctl::Opcode = opcode::write::<RtcTime>(b'p', 0x0a);
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (month 1-12).
+pub fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// (year, month 1-12, day) of a day count since 1970-01-01.
+pub fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+impl RtcTime {
+    pub fn to_unix(&self) -> i64 {
+        let days = days_from_civil(i64::from(self.tm_year) + 1900, i64::from(self.tm_mon) + 1, i64::from(self.tm_mday));
+        days * 86_400 + i64::from(self.tm_hour) * 3600 + i64::from(self.tm_min) * 60 + i64::from(self.tm_sec)
+    }
+
+    pub fn from_unix(secs: i64) -> RtcTime {
+        let days = secs.div_euclid(86_400);
+        let rem = secs.rem_euclid(86_400);
+        let (y, m, d) = civil_from_days(days);
+        RtcTime {
+            tm_sec: (rem % 60) as i32,
+            tm_min: (rem / 60 % 60) as i32,
+            tm_hour: (rem / 3600) as i32,
+            tm_mday: d as i32,
+            tm_mon: (m - 1) as i32,
+            tm_year: (y - 1900) as i32,
+            tm_wday: (days + 4).rem_euclid(7) as i32,
+            tm_yday: (days - days_from_civil(y, 1, 1)) as i32,
+            tm_isdst: 0,
+        }
+    }
+}
+
+/// Whether `/etc/adjtime` (hwclock(8): third line `UTC` or `LOCAL`) says the RTC keeps
+/// local time.
+pub fn keeps_local_time(adjtime: &str) -> bool {
+    adjtime.lines().nth(2).is_some_and(|l| l.trim() == "LOCAL")
+}
+
+/// How long after a write the RTC's seconds first advance (the kernel's
+/// `rtc_device.set_offset_nsec`, include/linux/rtc.h): the MC146818 that QEMU and vmd
+/// emulate restarts its divider chain on a write and ticks 0.5 s later (drivers/rtc/rtc-cmos.c
+/// sets NSEC_PER_SEC / 2); most other RTCs tick a full second after the write.
+pub fn set_offset_ns(sysfs_name: Option<&str>) -> i64 {
+    match sysfs_name {
+        Some(n) if n.trim_start().starts_with("rtc_cmos") => 500_000_000,
+        _ => 1_000_000_000,
+    }
+}
+
+/// When to write second `V` so the RTC ticks to `V + 1` exactly when the system clock does:
+/// at `V + 1 - set_offset`, i.e. at this fraction of the system second.
+pub fn write_phase_ns(set_offset_ns: i64) -> i64 {
+    (1_000_000_000 - set_offset_ns).rem_euclid(1_000_000_000)
+}
+
+/// How long to wait from `now_ns` until the system clock is at `phase_ns` into a second.
+pub fn wait_for_phase_ns(now_ns: i64, phase_ns: i64) -> i64 {
+    (phase_ns - now_ns.rem_euclid(1_000_000_000)).rem_euclid(1_000_000_000)
+}
+
+/// One hardware clock.
+#[derive(Debug, Clone)]
+pub struct Rtc {
+    pub device: PathBuf,
+    /// See [`set_offset_ns`].
+    pub set_offset_ns: i64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RtcError {
+    #[error("no RTC at {0}")]
+    Missing(String),
+    #[error(
+        "the RTC keeps local time (/etc/adjtime says LOCAL): comparing it with UTC would be wrong; set it to UTC with `timedatectl set-local-rtc 0`"
+    )]
+    LocalTime,
+    #[error("{device}: {source}")]
+    Io {
+        device: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{0}: the RTC's seconds did not advance within 1.2 s")]
+    Stuck(String),
+}
+
+impl Rtc {
+    /// The RTC of this system, if it has one that keeps UTC.
+    pub fn open(root: &SysRoot) -> Result<Rtc, RtcError> {
+        let device = root.path(DEVICE);
+        if !device.exists() {
+            return Err(RtcError::Missing(DEVICE.into()));
+        }
+        if root.read_optional("/etc/adjtime").ok().flatten().is_some_and(|t| keeps_local_time(&t)) {
+            return Err(RtcError::LocalTime);
+        }
+        // /sys/class/rtc/rtc0/name: "DRIVER DEVICE", e.g. "rtc_cmos 00:05" (drivers/rtc/sysfs.c).
+        let name = root.read_optional("/sys/class/rtc/rtc0/name").ok().flatten();
+        Ok(Rtc { device, set_offset_ns: set_offset_ns(name.as_deref()) })
+    }
+
+    fn io_err(&self, source: io::Error) -> RtcError {
+        RtcError::Io { device: self.device.display().to_string(), source }
+    }
+
+    fn file(&self, write: bool) -> Result<File, RtcError> {
+        // A second opener gets EBUSY (hwclock or chrony may hold it a moment): retry briefly.
+        let mut tries = 0;
+        loop {
+            match std::fs::OpenOptions::new().read(true).write(write).open(&self.device) {
+                Ok(f) => return Ok(f),
+                Err(e) if e.raw_os_error() == Some(16) && tries < 20 => {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(e) => return Err(self.io_err(e)),
+            }
+        }
+    }
+
+    fn read_with(&self, f: &File) -> Result<i64, RtcError> {
+        // SAFETY: RTC_RD_TIME writes exactly one struct rtc_time, which RtcTime mirrors.
+        let tm = unsafe { ioctl(f, Getter::<RTC_RD_TIME, RtcTime>::new()) }.map_err(|e| self.io_err(e.into()))?;
+        Ok(tm.to_unix())
+    }
+
+    /// The RTC's time, whole seconds since the Unix epoch.
+    pub fn read_secs(&self) -> Result<i64, RtcError> {
+        let f = self.file(false)?;
+        self.read_with(&f)
+    }
+
+    /// Wait for the RTC's seconds to tick and return (RTC ns, system ns) at that edge:
+    /// the RTC only has whole seconds, the edge pins them to within a few milliseconds.
+    /// Polls every 2 ms for at most 1.2 s; used only when a coarse read looked wrong.
+    pub fn read_edge(&self) -> Result<(i64, i64), RtcError> {
+        let f = self.file(false)?;
+        let first = self.read_with(&f)?;
+        let deadline = Instant::now() + Duration::from_millis(1200);
+        let mut before = timekeeping::realtime_ns();
+        while Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(2));
+            let secs = self.read_with(&f)?;
+            let after = timekeeping::realtime_ns();
+            if secs != first {
+                // The tick fell between the two reads: take the middle.
+                return Ok((secs * 1_000_000_000, before + (after - before) / 2));
+            }
+            before = after;
+        }
+        Err(RtcError::Stuck(self.device.display().to_string()))
+    }
+
+    /// Set the RTC to the system time, timed so that its seconds tick with the system's
+    /// (waits up to a second for the right moment).
+    pub fn write_from_system(&self) -> Result<(), RtcError> {
+        let f = self.file(true)?;
+        let wait = wait_for_phase_ns(timekeeping::realtime_ns(), write_phase_ns(self.set_offset_ns));
+        std::thread::sleep(Duration::from_nanos(wait as u64));
+        let secs = timekeeping::realtime_ns().div_euclid(1_000_000_000);
+        let tm = RtcTime::from_unix(secs);
+        // SAFETY: RTC_SET_TIME reads exactly one struct rtc_time, which RtcTime mirrors.
+        unsafe { ioctl(&f, Setter::<RTC_SET_TIME, RtcTime>::new(tm)) }.map_err(|e| self.io_err(e.into()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn civil_conversions_match_known_dates() {
+        assert_eq!(days_from_civil(1970, 1, 1), 0);
+        assert_eq!(days_from_civil(2000, 3, 1), 11_017);
+        assert_eq!(civil_from_days(19_723), (2024, 1, 1));
+        assert_eq!(civil_from_days(-1), (1969, 12, 31));
+        for d in [-800_000i64, -1, 0, 59, 60, 365, 11_016, 19_782, 2_932_896] {
+            let (y, m, dd) = civil_from_days(d);
+            assert_eq!(days_from_civil(y, m, dd), d, "{d}");
+        }
+    }
+
+    #[test]
+    fn rtc_time_round_trips() {
+        // 2024-02-29T23:59:59Z, a Thursday, day 59 of the year.
+        let t = RtcTime::from_unix(1_709_251_199);
+        assert_eq!((t.tm_year, t.tm_mon, t.tm_mday, t.tm_hour, t.tm_min, t.tm_sec), (124, 1, 29, 23, 59, 59));
+        assert_eq!((t.tm_wday, t.tm_yday), (4, 59));
+        assert_eq!(t.to_unix(), 1_709_251_199);
+        assert_eq!(RtcTime::from_unix(0).to_unix(), 0);
+    }
+
+    #[test]
+    fn ioctl_numbers_are_the_kernels() {
+        // include/uapi/linux/rtc.h, on x86_64 (36-byte struct).
+        assert_eq!(RTC_RD_TIME, 0x8024_7009);
+        assert_eq!(RTC_SET_TIME, 0x4024_700a);
+    }
+
+    // hwclock(8) /etc/adjtime: drift line, last-calibration line, UTC or LOCAL.
+    #[test]
+    fn adjtime_local_or_utc() {
+        assert!(keeps_local_time("0.000000 1700000000 0.000000\n1700000000\nLOCAL\n"));
+        assert!(!keeps_local_time("0.0 0 0.0\n0\nUTC\n"));
+        assert!(!keeps_local_time(""));
+    }
+
+    #[test]
+    fn writes_are_timed_for_the_rtcs_tick() {
+        assert_eq!(set_offset_ns(Some("rtc_cmos 00:05\n")), 500_000_000);
+        assert_eq!(set_offset_ns(Some("rtc-efi rtc-efi.0\n")), 1_000_000_000);
+        assert_eq!(set_offset_ns(None), 1_000_000_000);
+        // An MC146818 is written half way through the second, others at the second.
+        assert_eq!(write_phase_ns(500_000_000), 500_000_000);
+        assert_eq!(write_phase_ns(1_000_000_000), 0);
+        assert_eq!(wait_for_phase_ns(10_200_000_000, 500_000_000), 300_000_000);
+        assert_eq!(wait_for_phase_ns(10_700_000_000, 500_000_000), 800_000_000);
+        assert_eq!(wait_for_phase_ns(10_000_000_000, 0), 0);
+    }
+
+    #[test]
+    fn missing_device_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = Rtc::open(&SysRoot::new(dir.path())).unwrap_err();
+        assert_eq!(e.to_string(), "no RTC at /dev/rtc0");
+    }
+}
