@@ -1,0 +1,19 @@
+//! `cargo xtask bench …`: speed targets, measured here rather than asserted in tests.
+
+pub mod image;
+pub mod seed;
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Bench {
+    /// Seed ISO: ours against genisoimage, 5 MiB agent.
+    Seed,
+    /// A second guest's disk: our overlay against a full qemu-img copy.
+    Image,
+}
+
+pub fn run(sh: &xshell::Shell, which: Bench) -> anyhow::Result<()> {
+    match which {
+        Bench::Seed => seed::run(sh),
+        Bench::Image => image::run(sh),
+    }
+}

@@ -1,0 +1,52 @@
+//! `cargo xtask …`: everything about building, testing and shipping almavmm that is not
+//! the product itself.
+
+mod agent;
+mod bench;
+mod deps;
+mod e2e;
+mod kmod;
+mod test;
+mod testimage;
+mod util;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", about = "almavmm project automation")]
+struct Xtask {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// The whole test suite, as CI runs it: packages, tests, kernel module, end to end.
+    Test(test::TestArgs),
+    /// Check (and with --install, install) the system packages tests and demo need.
+    Deps(deps::DepsArgs),
+    /// Build the static Linux agent binary (musl if installed, else glibc with crt-static).
+    Agent(agent::AgentArgs),
+    /// Compile kmod/ against every installed kernel header set and run its arithmetic tests.
+    Kmod(kmod::KmodArgs),
+    /// Build (or reuse from cache) the Debian test guest image.
+    Image(testimage::ImageArgs),
+    /// The end-to-end scenario: a real guest through `almavmm-host`, start to finish.
+    E2e(e2e::E2eArgs),
+    /// Speed targets, measured.
+    #[command(subcommand)]
+    Bench(bench::Bench),
+}
+
+fn main() -> anyhow::Result<()> {
+    let sh = util::shell()?;
+    match Xtask::parse().cmd {
+        Cmd::Test(a) => test::run(&sh, a),
+        Cmd::Deps(a) => deps::run(&sh, a),
+        Cmd::Agent(a) => agent::run(&sh, a).map(|_| ()),
+        Cmd::Kmod(a) => kmod::run(&sh, a),
+        Cmd::Image(a) => testimage::run(&sh, a).map(|_| ()),
+        Cmd::E2e(a) => e2e::run(&sh, a),
+        Cmd::Bench(b) => bench::run(&sh, b),
+    }
+}
