@@ -8,15 +8,15 @@
 //! step prints its name and duration; on failure the console tail, the agent's journal and
 //! setup.json are printed; the guest is cleaned up whatever happens.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
 use serde_json::Value;
 use xshell::{Shell, cmd};
 
+use crate::serve;
 use crate::testimage::{self, Suite};
 use crate::util::{Stage, project_root};
 
@@ -34,17 +34,12 @@ struct World {
     dir: tempfile::TempDir,
     host_bin: PathBuf,
     agent: PathBuf,
-    image_url: String,
-    signing_key: PathBuf,
-    fingerprint: String,
-    http: Child,
+    mirror: serve::Mirror,
     keep: bool,
 }
 
 impl Drop for World {
     fn drop(&mut self) {
-        let _ = self.http.kill();
-        let _ = self.http.wait();
         if self.keep {
             eprintln!("kept: ALMAVMM_HOME={}", self.home().display());
             let _ = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir")).keep();
@@ -52,16 +47,12 @@ impl Drop for World {
         }
         // Power off whatever is left (the scenario may have failed half way).
         let _ = self.host_quiet(&["destroy", GUEST, "--yes"]);
-        let _ = Command::new("gpgconf").arg("--kill").arg("gpg-agent").env("GNUPGHOME", self.gnupg()).status();
     }
 }
 
 impl World {
     fn home(&self) -> PathBuf {
         self.dir.path().join("home")
-    }
-    fn gnupg(&self) -> PathBuf {
-        self.dir.path().join("gnupg")
     }
     fn key(&self) -> PathBuf {
         self.dir.path().join("id_ed25519")
@@ -187,91 +178,12 @@ pub fn run(sh: &Shell, args: E2eArgs) -> anyhow::Result<()> {
 
 fn setup_world(host_bin: PathBuf, agent: PathBuf, image: &Path, keep: bool) -> anyhow::Result<World> {
     let dir = tempfile::Builder::new().prefix("almavmm-e2e.").tempdir_in("/tmp")?;
-    let serve = dir.path().join("www");
-    std::fs::create_dir_all(&serve)?;
-    let name = "debian-12-e2e.qcow2";
-    std::os::unix::fs::symlink(image, serve.join(name))?;
-    let sha = cached_sha256(image)?;
-    std::fs::write(serve.join("CHECKSUM"), format!("# test image\n{sha}  {name}\n"))?;
-
-    // A throwaway signing key, made the way a mirror operator would make one.
-    let gnupg = dir.path().join("gnupg");
-    std::fs::create_dir_all(&gnupg)?;
-    std::fs::set_permissions(&gnupg, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
-    let gpg = |args: &[&str]| -> anyhow::Result<String> {
-        let out = Command::new("gpg").args(["--batch", "--quiet"]).args(args).env("GNUPGHOME", &gnupg).output()?;
-        ensure!(out.status.success(), "gpg {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    };
-    gpg(&["--passphrase", "", "--quick-gen-key", "almavmm e2e <e2e@almavmm.invalid>", "ed25519", "sign", "never"])?;
-    let fingerprint = gpg(&["--with-colons", "--list-keys"])?
-        .lines()
-        .find_map(|l| l.strip_prefix("fpr:").map(|r| r.trim_matches(':').to_string()))
-        .context("no fingerprint from gpg")?;
-    let signing_key = dir.path().join("e2e-signing-key.asc");
-    std::fs::write(&signing_key, gpg(&["--armor", "--export"])?)?;
-    let checksum = serve.join("CHECKSUM");
-    gpg(&[
-        "--armor",
-        "--detach-sign",
-        "--output",
-        &format!("{}.asc", checksum.display()),
-        &checksum.display().to_string(),
-    ])?;
-
+    let mirror = serve::mirror(dir.path(), image, "debian-12-e2e.qcow2")?;
     let key = dir.path().join("id_ed25519");
     let st =
         Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-C", "e2e", "-f"]).arg(&key).status()?;
     ensure!(st.success(), "ssh-keygen failed");
-
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let http = Command::new("python3")
-        .args(["-m", "http.server", "--bind", "127.0.0.1", "--directory"])
-        .arg(&serve)
-        .arg(port.to_string())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("cannot start python3's http.server")?;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        ensure!(Instant::now() < deadline, "the local HTTP server did not come up");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    Ok(World {
-        dir,
-        host_bin,
-        agent,
-        image_url: format!("http://127.0.0.1:{port}/{name}"),
-        signing_key,
-        fingerprint,
-        http,
-        keep,
-    })
-}
-
-/// SHA-256 of the (large) test image, remembered beside it so reruns do not rehash it.
-fn cached_sha256(image: &Path) -> anyhow::Result<String> {
-    use sha2::{Digest, Sha256};
-    let cache = image.with_extension("qcow2.sha256");
-    if let Ok(s) = std::fs::read_to_string(&cache)
-        && std::fs::metadata(&cache)?.modified()? >= std::fs::metadata(image)?.modified()?
-    {
-        return Ok(s.trim().to_string());
-    }
-    let mut f = std::fs::File::open(image)?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    let sha = h.finalize().iter().map(|b| format!("{b:02x}")).collect::<String>();
-    std::fs::write(&cache, &sha)?;
-    Ok(sha)
+    Ok(World { dir, host_bin, agent, mirror, keep })
 }
 
 fn step(name: &str, f: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<()> {
@@ -299,19 +211,18 @@ fn stage<'a>(up: &'a Value, name: &str) -> anyhow::Result<&'a Value> {
 
 fn first_up(w: &World) -> anyhow::Result<()> {
     // The served image is what the product must convert: inspect says so first.
-    let served = w.dir.path().join("www/debian-12-e2e.qcow2");
-    let insp = w.host_json(&["image", "inspect", "--json", &served.display().to_string()])?;
+    let insp = w.host_json(&["image", "inspect", "--json", &w.mirror.served_image.display().to_string()])?;
     ensure!(insp.to_string().contains("compressed"), "inspect does not mention compression: {insp}");
     let key_pub = format!("{}.pub", w.key().display());
     let up = w.host_json(&[
         "up",
         GUEST,
         "--image-url",
-        &w.image_url,
+        &w.mirror.url,
         "--signing-key",
-        &w.signing_key.display().to_string(),
+        &w.mirror.signing_key.display().to_string(),
         "--signing-key-fingerprint",
-        &w.fingerprint,
+        &w.mirror.fingerprint,
         "--ssh-key",
         &key_pub,
         "--agent",

@@ -3,9 +3,11 @@
 
 mod agent;
 mod bench;
+mod demo;
 mod deps;
 mod e2e;
 mod kmod;
+mod serve;
 mod test;
 mod testimage;
 mod util;
@@ -21,6 +23,8 @@ struct Xtask {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
+    /// Bring up a demo guest (Debian test image) through almavmm-host and print doctor.
+    Demo,
     /// The whole test suite, as CI runs it: packages, tests, kernel module, end to end.
     Test(test::TestArgs),
     /// Check (and with --install, install) the system packages tests and demo need.
@@ -41,6 +45,7 @@ enum Cmd {
 fn main() -> anyhow::Result<()> {
     let sh = util::shell()?;
     match Xtask::parse().cmd {
+        Cmd::Demo => demo::run(&sh),
         Cmd::Test(a) => test::run(&sh, a),
         Cmd::Deps(a) => deps::run(&sh, a),
         Cmd::Agent(a) => agent::run(&sh, a).map(|_| ()),

@@ -101,7 +101,7 @@ impl Session {
             if let Some(e) = self.target.as_ref().and_then(|t| t.classify(&stderr)) {
                 return Err(e.into());
             }
-            let said = stderr.lines().filter(|l| !l.trim().is_empty()).last().unwrap_or("").trim().to_string();
+            let said = stderr.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("").trim().to_string();
             return Err(self.broken(if said.is_empty() {
                 "the agent ended the session (is almavmm-agent installed, and may the user sudo?)".to_string()
             } else {
