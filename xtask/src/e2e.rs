@@ -20,20 +20,25 @@ use crate::serve;
 use crate::testimage::{self, Suite};
 use crate::util::{Stage, project_root};
 
-const GUEST: &str = "e2e";
+pub(crate) const GUEST: &str = "e2e";
 
 #[derive(Debug, Default, clap::Args)]
 pub struct E2eArgs {
     /// Leave the guest and the state directory in place at the end (for debugging).
     #[arg(long)]
     pub keep: bool,
+    /// Instead of the main scenario, provision a Debian 13 guest from the agent's source
+    /// bundle (no prebuilt agent anywhere) and check it with doctor.
+    #[arg(long)]
+    pub bundle: bool,
 }
 
 /// Everything the scenario set up, torn down on drop.
-struct World {
+pub(crate) struct World {
     dir: tempfile::TempDir,
     host_bin: PathBuf,
-    agent: PathBuf,
+    /// The static agent to pass with --agent; none in the bundle scenario.
+    agent: Option<PathBuf>,
     mirror: serve::Mirror,
     keep: bool,
 }
@@ -51,13 +56,13 @@ impl Drop for World {
 }
 
 impl World {
-    fn home(&self) -> PathBuf {
+    pub(crate) fn home(&self) -> PathBuf {
         self.dir.path().join("home")
     }
-    fn key(&self) -> PathBuf {
+    pub(crate) fn key(&self) -> PathBuf {
         self.dir.path().join("id_ed25519")
     }
-    fn vm_dir(&self) -> PathBuf {
+    pub(crate) fn vm_dir(&self) -> PathBuf {
         self.home().join("vms").join(GUEST)
     }
 
@@ -68,7 +73,7 @@ impl World {
     }
 
     /// Run `almavmm-host ARGS`, progress on our stderr, stdout returned; fail on non-zero.
-    fn host(&self, args: &[&str]) -> anyhow::Result<String> {
+    pub(crate) fn host(&self, args: &[&str]) -> anyhow::Result<String> {
         eprintln!("$ almavmm-host {}", args.join(" "));
         let out = self.host_command(args).stderr(Stdio::inherit()).output()?;
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -77,7 +82,7 @@ impl World {
     }
 
     /// Run and return (exit code, stdout, stderr) without judging.
-    fn host_quiet(&self, args: &[&str]) -> anyhow::Result<(Option<i32>, String, String)> {
+    pub(crate) fn host_quiet(&self, args: &[&str]) -> anyhow::Result<(Option<i32>, String, String)> {
         let out = self.host_command(args).output()?;
         Ok((
             out.status.code(),
@@ -86,24 +91,24 @@ impl World {
         ))
     }
 
-    fn host_json(&self, args: &[&str]) -> anyhow::Result<Value> {
+    pub(crate) fn host_json(&self, args: &[&str]) -> anyhow::Result<Value> {
         let out = self.host(args)?;
         serde_json::from_str(&out).with_context(|| format!("almavmm-host {} printed no JSON:\n{out}", args.join(" ")))
     }
 
-    fn ssh_port(&self) -> anyhow::Result<u16> {
+    pub(crate) fn ssh_port(&self) -> anyhow::Result<u16> {
         let st: Value = serde_json::from_slice(&std::fs::read(self.vm_dir().join("state.json"))?)?;
         st["ssh_port"].as_u64().map(|p| p as u16).context("state.json has no ssh_port")
     }
 
     /// A command in the guest over SSH with the pinned key, as the user `almalinux`.
-    fn guest(&self, remote: &str) -> anyhow::Result<String> {
+    pub(crate) fn guest(&self, remote: &str) -> anyhow::Result<String> {
         let (code, out, err) = self.guest_unchecked(remote)?;
         ensure!(code == Some(0), "in the guest, `{remote}` failed ({code:?}):\n{out}{err}");
         Ok(out)
     }
 
-    fn guest_unchecked(&self, remote: &str) -> anyhow::Result<(Option<i32>, String, String)> {
+    pub(crate) fn guest_unchecked(&self, remote: &str) -> anyhow::Result<(Option<i32>, String, String)> {
         let port = self.ssh_port()?.to_string();
         let kh = format!("UserKnownHostsFile={}", self.vm_dir().join("known_hosts").display());
         let out = Command::new("ssh")
@@ -149,13 +154,16 @@ impl World {
 
 pub fn run(sh: &Shell, args: E2eArgs) -> anyhow::Result<()> {
     let started = Instant::now();
+    let suite = if args.bundle { Suite::Trixie } else { Suite::Bookworm };
     let image = {
         let _s = Stage::new("e2e: test image");
-        testimage::ensure_image(sh, Suite::Bookworm)?
+        testimage::ensure_image(sh, suite)?
     };
-    let agent = {
+    let agent = if args.bundle {
+        None
+    } else {
         let _s = Stage::new("e2e: static agent");
-        crate::agent::build(sh)?
+        Some(crate::agent::build(sh)?)
     };
     let host_bin = {
         let _s = Stage::new("e2e: host binary");
@@ -166,7 +174,7 @@ pub fn run(sh: &Shell, args: E2eArgs) -> anyhow::Result<()> {
         let _s = Stage::new("e2e: signed image served on 127.0.0.1");
         setup_world(host_bin, agent, &image, args.keep)?
     };
-    let result = scenario(&world);
+    let result = if args.bundle { bundle_scenario(&world) } else { scenario(&world) };
     if let Err(e) = &result {
         eprintln!("e2e FAILED: {e:#}");
         world.diagnose();
@@ -176,9 +184,22 @@ pub fn run(sh: &Shell, args: E2eArgs) -> anyhow::Result<()> {
     result
 }
 
-fn setup_world(host_bin: PathBuf, agent: PathBuf, image: &Path, keep: bool) -> anyhow::Result<World> {
+/// A provisioned guest from the Debian test image, for benchmarks; cleaned up on drop.
+pub(crate) fn provisioned(sh: &Shell) -> anyhow::Result<World> {
+    let image = testimage::ensure_image(sh, Suite::Bookworm)?;
+    let agent = crate::agent::build(sh)?;
+    cmd!(sh, "cargo build -q --release -p almavmm-host").run()?;
+    let host_bin = project_root().join("target/release/almavmm-host");
+    let w = setup_world(host_bin, Some(agent), &image, false)?;
+    up_fresh(&w, &[])?;
+    std::fs::write(w.dir.path().join("ssh_config"), w.host(&["ssh-config", "--print"])?)?;
+    Ok(w)
+}
+
+fn setup_world(host_bin: PathBuf, agent: Option<PathBuf>, image: &Path, keep: bool) -> anyhow::Result<World> {
     let dir = tempfile::Builder::new().prefix("almavmm-e2e.").tempdir_in("/tmp")?;
-    let mirror = serve::mirror(dir.path(), image, "debian-12-e2e.qcow2")?;
+    let name = image.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "image.qcow2".into());
+    let mirror = serve::mirror(dir.path(), image, &name)?;
     let key = dir.path().join("id_ed25519");
     let st =
         Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-C", "e2e", "-f"]).arg(&key).status()?;
@@ -209,30 +230,40 @@ fn stage<'a>(up: &'a Value, name: &str) -> anyhow::Result<&'a Value> {
         .with_context(|| format!("no stage {name} in {up}"))
 }
 
-fn first_up(w: &World) -> anyhow::Result<()> {
-    // The served image is what the product must convert: inspect says so first.
-    let insp = w.host_json(&["image", "inspect", "--json", &w.mirror.served_image.display().to_string()])?;
-    ensure!(insp.to_string().contains("compressed"), "inspect does not mention compression: {insp}");
+/// `up` from an empty state directory, against the signed local mirror.
+fn up_fresh(w: &World, extra: &[&str]) -> anyhow::Result<Value> {
     let key_pub = format!("{}.pub", w.key().display());
-    let up = w.host_json(&[
+    let signing_key = w.mirror.signing_key.display().to_string();
+    let mut args = vec![
         "up",
         GUEST,
         "--image-url",
         &w.mirror.url,
         "--signing-key",
-        &w.mirror.signing_key.display().to_string(),
+        &signing_key,
         "--signing-key-fingerprint",
         &w.mirror.fingerprint,
         "--ssh-key",
         &key_pub,
-        "--agent",
-        &w.agent.display().to_string(),
         "--memory",
         "1536M",
         "--disk",
         "8G",
         "--json",
-    ])?;
+    ];
+    let agent = w.agent.as_ref().map(|a| a.display().to_string());
+    if let Some(a) = &agent {
+        args.extend(["--agent", a]);
+    }
+    args.extend(extra);
+    w.host_json(&args)
+}
+
+fn first_up(w: &World) -> anyhow::Result<()> {
+    // The served image is what the product must convert: inspect says so first.
+    let insp = w.host_json(&["image", "inspect", "--json", &w.mirror.served_image.display().to_string()])?;
+    ensure!(insp.to_string().contains("compressed"), "inspect does not mention compression: {insp}");
+    let up = up_fresh(w, &[])?;
     let image = stage(&up, "image")?;
     let detail = image["detail"].as_str().unwrap_or("");
     ensure!(image["outcome"] == "done", "image stage: {image}");
@@ -409,12 +440,12 @@ fn clock(w: &World) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn state_of(w: &World) -> anyhow::Result<String> {
+pub(crate) fn state_of(w: &World) -> anyhow::Result<String> {
     let st = w.host_json(&["status", "--json"])?;
     Ok(st[0]["state"].as_str().unwrap_or("?").to_string())
 }
 
-fn wait_state(w: &World, want: &str, limit: Duration) -> anyhow::Result<()> {
+pub(crate) fn wait_state(w: &World, want: &str, limit: Duration) -> anyhow::Result<()> {
     let deadline = Instant::now() + limit;
     loop {
         let now = state_of(w)?;
@@ -428,7 +459,7 @@ fn wait_state(w: &World, want: &str, limit: Duration) -> anyhow::Result<()> {
 
 /// `ssh NAME.almavmm` exactly as a user runs it after `ssh-config`, with the proxy's idle
 /// time and the connection sharing set by the test.
-fn ssh_via_proxy(w: &World, idle: &str, persist: Option<&str>, remote: &str) -> Command {
+pub(crate) fn ssh_via_proxy(w: &World, idle: &str, persist: Option<&str>, remote: &str) -> Command {
     let cfg = w.dir.path().join("ssh_config");
     let proxy =
         format!("env ALMAVMM_HOME={} {} ssh-proxy --idle {idle} %h %p", w.home().display(), w.host_bin.display());
@@ -497,6 +528,43 @@ fn proxy(w: &World) -> anyhow::Result<()> {
     ensure!(out.status.success(), "ssh to a hand-started guest: {out:?}");
     std::thread::sleep(Duration::from_secs(8));
     ensure!(state_of(w)? == "running", "the proxy stopped a guest started by hand");
+    Ok(())
+}
+
+/// Issue 9's check: a Debian 13 guest with no agent anywhere gets the source bundle, builds
+/// the agent with its own cargo (installed by the bootstrap), and passes doctor.
+fn bundle_scenario(w: &World) -> anyhow::Result<()> {
+    step("bundle: up with no prebuilt agent", || {
+        let up = up_fresh(w, &["--timeout", "3000"])?;
+        let seed = stage(&up, "seed")?;
+        ensure!(seed["detail"].as_str().unwrap_or("").contains("source bundle"), "seed stage: {seed}");
+        ensure!(stage(&up, "agent")?["outcome"] == "done");
+        Ok(())
+    })?;
+    step("bundle: bootstrap built the agent in the guest", || {
+        let console = w.console();
+        for line in ["install rust toolchain: ok", "build agent from source bundle: ok", "agent setup: ok"] {
+            ensure!(
+                console.lines().any(|l| l.contains("almavmm-bootstrap:") && l.contains(line)),
+                "console.log lacks {line:?}"
+            );
+        }
+        let health: Value = serde_json::from_str(&w.guest("sudo almavmm-agent health --json")?)?;
+        ensure!(health["agent"]["origin"] == "built-in-guest", "agent: {}", health["agent"]);
+        ensure!(health["agent"]["version"] == env!("CARGO_PKG_VERSION"), "agent: {}", health["agent"]);
+        Ok(())
+    })?;
+    step("bundle: doctor", || {
+        let report = w.host_json(&["doctor", GUEST, "--json"])?;
+        ensure!(report["fail"] == 0, "{report}");
+        let agent = check(&report, "guest.agent")?;
+        ensure!(
+            agent["status"] == "ok" && agent["finding"].as_str().unwrap_or("").contains("built in the guest"),
+            "{agent}"
+        );
+        Ok(())
+    })?;
+    w.host(&["destroy", GUEST, "--yes"])?;
     Ok(())
 }
 

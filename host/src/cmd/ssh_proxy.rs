@@ -99,7 +99,13 @@ pub fn run(args: SshProxyArgs) -> anyhow::Result<u8> {
     client::wait_for_banner(&endpoint, Duration::from_millis(50), left).with_context(|| {
         format!("{name} was started but its SSH server never came up; see `almavmm-host console {name}`")
     })?;
+    if started_here {
+        g.vm.log_event("ssh-proxy: sshd answers");
+    }
     check_clock(&g.vm, &endpoint, started_here);
+    if started_here {
+        g.vm.log_event("ssh-proxy: relaying");
+    }
 
     let server = TcpStream::connect((endpoint.host.as_str(), endpoint.port))
         .with_context(|| format!("cannot connect to {name}'s sshd at {endpoint}"))?;

@@ -114,11 +114,11 @@ impl Vm {
         Ok(st)
     }
 
-    /// Append one line to `events.log` (what happened to this guest, and when).
+    /// Append one line to `events.log`: Unix time with milliseconds, then what happened.
     pub fn log_event(&self, what: &str) {
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
         if let Ok(mut f) = OpenOptions::new().create(true).append(true).open(self.events_log()) {
-            let _ = writeln!(f, "{now} {what}");
+            let _ = writeln!(f, "{}.{:03} {what}", now.as_secs(), now.subsec_millis());
         }
     }
 

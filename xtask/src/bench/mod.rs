@@ -1,6 +1,7 @@
 //! `cargo xtask bench …`: speed targets, measured here rather than asserted in tests.
 
 pub mod image;
+pub mod proxy;
 pub mod seed;
 
 #[derive(Debug, clap::Subcommand)]
@@ -9,11 +10,14 @@ pub enum Bench {
     Seed,
     /// A second guest's disk: our overlay against a full qemu-img copy.
     Image,
+    /// ssh-proxy warm overhead and cold-start detection delay; doctor's duration.
+    Proxy,
 }
 
 pub fn run(sh: &xshell::Shell, which: Bench) -> anyhow::Result<()> {
     match which {
         Bench::Seed => seed::run(sh),
         Bench::Image => image::run(sh),
+        Bench::Proxy => proxy::run(sh),
     }
 }
