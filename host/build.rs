@@ -11,13 +11,19 @@ fn shipped(name: &str) -> bool {
 }
 
 /// The commit this build comes from, for `--version`: `ALMAVMM_GIT_COMMIT` when the builder
-/// sets it (source bundles, packages), else git, else "unknown".
+/// sets it (packages), else git, else "unknown". The same as guest/build.rs, whose comment
+/// says why HEAD's branch and packed-refs are watched rather than HEAD alone.
 fn git_commit() -> String {
-    if let Ok(c) = std::env::var("ALMAVMM_GIT_COMMIT") {
+    if let Some(c) = std::env::var("ALMAVMM_GIT_COMMIT").ok().filter(|c| !c.is_empty()) {
         return c;
     }
+    watch_git();
+    git(&["rev-parse", "--short=12", "HEAD"]).unwrap_or_else(|| "unknown".into())
+}
+
+fn git(args: &[&str]) -> Option<String> {
     std::process::Command::new("git")
-        .args(["rev-parse", "--short=12", "HEAD"])
+        .args(args)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
         .ok()
@@ -25,14 +31,31 @@ fn git_commit() -> String {
         .and_then(|o| String::from_utf8(o.stdout).ok())
         .map(|s| s.trim().to_string())
         .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "unknown".into())
+}
+
+/// Re-run when HEAD, the branch it names or packed-refs change (existing paths only: cargo
+/// re-runs on every build for a missing one; an unborn branch is watched through its folder).
+fn watch_git() {
+    let branch = git(&["symbolic-ref", "-q", "HEAD"]);
+    let mut names = vec!["HEAD", "packed-refs"];
+    names.extend(branch.as_deref());
+    let mut args = vec!["rev-parse"];
+    for n in &names {
+        args.extend(["--git-path", n]);
+    }
+    let Some(paths) = git(&args) else { return };
+    for (i, p) in paths.lines().map(|l| Path::new(env!("CARGO_MANIFEST_DIR")).join(l)).enumerate() {
+        // The third path is the branch: before its first commit, watch the folder it will
+        // be created in (not for packed-refs: its folder is all of .git).
+        let watched = if p.exists() { Some(p.as_path()) } else { p.parent().filter(|d| i == 2 && d.is_dir()) };
+        if let Some(w) = watched {
+            println!("cargo:rerun-if-changed={}", w.display());
+        }
+    }
 }
 
 fn main() {
     println!("cargo:rerun-if-env-changed=ALMAVMM_GIT_COMMIT");
-    for git_file in ["../.git/HEAD", "../.git/index"] {
-        println!("cargo:rerun-if-changed={git_file}");
-    }
     println!("cargo:rustc-env=ALMAVMM_GIT_COMMIT={}", git_commit());
     let kmod = Path::new(env!("CARGO_MANIFEST_DIR")).join("../kmod");
     println!("cargo:rerun-if-changed={}", kmod.display());

@@ -10,16 +10,18 @@ use crate::cmd;
     version = crate::cli::LONG_VERSION,
     about = "Run AlmaLinux guests on OpenBSD vmd (or QEMU on Linux), with pinned SSH host keys and a clock that survives host suspend",
     long_about = None,
+    after_help = "Exit status, for every command: 0 success, 1 failure, 2 command-line error, 3 no such guest.\n\
+                  The manual page almavmm-host(1) has more: files, environment, examples.",
     propagate_version = true,
     max_term_width = 100
 )]
 pub struct Cli {
     /// More detail on stderr: -v shows each step, -vv every command run.
-    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    #[arg(short, long, action = clap::ArgAction::Count, global = true, display_order = 900)]
     pub verbose: u8,
 
     /// Only errors on stderr.
-    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    #[arg(short, long, global = true, conflicts_with = "verbose", display_order = 901)]
     pub quiet: bool,
 
     #[command(subcommand)]
@@ -60,6 +62,9 @@ pub enum Command {
     Seed(cmd::seed::SeedArgs),
     /// Fetch, verify, inspect and prepare guest images.
     Image(cmd::image::ImageArgs),
+    /// (internal) Say which agent `up` would put on a new guest's seed, and where it was found.
+    #[command(hide = true)]
+    WhichAgent(cmd::which_agent::WhichAgentArgs),
 }
 
 impl Command {
@@ -79,6 +84,7 @@ impl Command {
             Command::ProxyReaper(a) => cmd::ssh_proxy::reap(a),
             Command::Seed(a) => cmd::seed::run(a),
             Command::Image(a) => cmd::image::run(a),
+            Command::WhichAgent(a) => cmd::which_agent::run(a),
         }
     }
 }

@@ -67,7 +67,7 @@ fn target_installed(sh: &Shell, target: &str) -> bool {
         .unwrap_or(false)
 }
 
-fn target_dir() -> PathBuf {
+pub fn target_dir() -> PathBuf {
     match std::env::var_os("CARGO_TARGET_DIR") {
         Some(d) if Path::new(&d).is_absolute() => PathBuf::from(d),
         Some(d) => project_root().join(d),

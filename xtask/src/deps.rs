@@ -26,6 +26,8 @@ const NEEDS: &[(&str, &str)] = &[
     ("mkfs.ext4", "e2fsprogs"),
     ("sfdisk", "fdisk"),
     ("mandoc", "mandoc"),
+    // The ksh completion file is checked under mksh (OpenBSD's ksh is a pdksh like it).
+    ("mksh", "mksh"),
     ("file", "file"),
     ("gcc", "gcc"),
     ("make", "make"),

@@ -3,10 +3,13 @@
 
 mod agent;
 mod bench;
+mod bundle;
 mod demo;
 mod deps;
+mod dist;
 mod e2e;
 mod kmod;
+mod man;
 mod serve;
 mod test;
 mod testimage;
@@ -31,12 +34,16 @@ enum Cmd {
     Deps(deps::DepsArgs),
     /// Build the static Linux agent binary (musl if installed, else glibc with crt-static).
     Agent(agent::AgentArgs),
+    /// Build the agent's source bundle (agent-src.tar.gz) for guests to build it themselves.
+    Bundle,
     /// Compile kmod/ against every installed kernel header set and run its arithmetic tests.
     Kmod(kmod::KmodArgs),
     /// Build (or reuse from cache) the Debian test guest image.
     Image(testimage::ImageArgs),
     /// The end-to-end scenario: a real guest through `almavmm-host`, start to finish.
     E2e(e2e::E2eArgs),
+    /// Release tree in target/dist (a /usr/local layout: binaries, man pages, completions, examples), checked.
+    Dist(dist::DistArgs),
     /// Speed targets, measured.
     #[command(subcommand)]
     Bench(bench::Bench),
@@ -49,9 +56,11 @@ fn main() -> anyhow::Result<()> {
         Cmd::Test(a) => test::run(&sh, a),
         Cmd::Deps(a) => deps::run(&sh, a),
         Cmd::Agent(a) => agent::run(&sh, a).map(|_| ()),
+        Cmd::Bundle => bundle::run(&sh),
         Cmd::Kmod(a) => kmod::run(&sh, a),
         Cmd::Image(a) => testimage::run(&sh, a).map(|_| ()),
         Cmd::E2e(a) => e2e::run(&sh, a),
         Cmd::Bench(b) => bench::run(&sh, b),
+        Cmd::Dist(a) => dist::run(&sh, a),
     }
 }

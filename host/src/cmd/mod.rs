@@ -14,3 +14,4 @@ pub mod status;
 pub mod stop;
 pub mod sync;
 pub mod up;
+pub mod which_agent;

@@ -109,7 +109,7 @@ pub fn run(args: SshConfigArgs) -> anyhow::Result<u8> {
             identity: vm.spec.identity_file(),
         })
         .collect();
-    let exe = std::env::current_exe().context("cannot tell where almavmm-host is installed")?;
+    let exe = crate::agent::locate::own_exe().context("cannot tell where almavmm-host is installed")?;
     let home_override = std::env::var_os("ALMAVMM_HOME").map(|_| home.root().to_owned());
     let text = render(&entries, &proxy_command(&exe, home_override.as_deref()));
     if args.print {

@@ -12,7 +12,7 @@ use anyhow::{Context, bail};
 use clap::Args;
 use serde::Serialize;
 
-use crate::agent::{locate, remote};
+use crate::agent::{bundle, locate, remote};
 use crate::backend::{self, Backend, Endpoint, RunState};
 use crate::image::{self, ImageSource, Trust};
 use crate::seed::{self, AgentPayload, SeedInputs};
@@ -35,7 +35,8 @@ const MIN_MEMORY: ByteSize = ByteSize::mib(512);
     "seed scrub, clock, health. Each is skipped when its result already exists, so `up` can be re-run at any time.\n\n",
     "The agent put on the seed is looked up in this order: ",
     "--agent PATH, $ALMAVMM_AGENT, almavmm-agent next to almavmm-host, ../libexec/almavmm/almavmm-agent relative to it, ",
-    "$ALMAVMM_HOME/almavmm-agent, else the source bundle.\n\n",
+    "$ALMAVMM_HOME/almavmm-agent, else the source bundle (agent-src.tar.gz in one of those folders, or made from ",
+    "the source tree almavmm-host was built from), which the guest builds with its own Rust toolchain.\n\n",
     "Examples:\n",
     "  almavmm-host up                                  # guest `alma`, AlmaLinux 9, 2G RAM, 20G disk\n",
     "  almavmm-host up web --memory 4G --disk 40G\n",
@@ -515,20 +516,41 @@ fn unix_now() -> u64 {
 }
 
 /// The agent to carry, by the documented lookup order.
-fn agent_payload(home: &Home, explicit: Option<&Path>) -> anyhow::Result<(AgentPayload, String)> {
-    let exe = std::env::current_exe().ok();
+pub(crate) fn agent_payload(home: &Home, explicit: Option<&Path>) -> anyhow::Result<(AgentPayload, String)> {
+    let exe = locate::own_exe();
     let cands =
         locate::candidates(explicit, std::env::var_os("ALMAVMM_AGENT").map(PathBuf::from), exe.as_deref(), home.root());
-    match locate::find(&cands)? {
-        Some((found, bytes)) => {
-            let desc = format!("agent from {} ({})", found.from, found.path.display());
-            Ok((AgentPayload::Binary(bytes), desc))
-        }
-        None => bail!(
-            "no almavmm-agent binary found (looked in: {}); build one with `cargo xtask agent` and pass --agent PATH",
-            locate::LOOKUP_ORDER
-        ),
+    if let Some((found, bytes)) = locate::find(&cands)? {
+        let desc = format!("agent from {} ({})", found.from, found.path.display());
+        return Ok((AgentPayload::Binary(bytes), desc));
     }
+    for p in locate::bundle_candidates(exe.as_deref(), home.root()) {
+        if let Ok(bytes) = std::fs::read(&p) {
+            return Ok((
+                AgentPayload::SourceBundle(bytes),
+                format!("agent source bundle {} (built in the guest)", p.display()),
+            ));
+        }
+    }
+    let Some(tree) = bundle::own_source_tree() else {
+        bail!(
+            "no agent to put on the seed (looked for: {}); build one with `cargo xtask agent` and pass --agent PATH, \
+             or make a source bundle with `cargo xtask bundle` and put it in {}",
+            locate::LOOKUP_ORDER,
+            home.root().display()
+        );
+    };
+    let commit = env!("ALMAVMM_GIT_COMMIT");
+    let out = home.root().join(format!("agent-src-{}-{commit}.tar.gz", almavmm_shared::VERSION));
+    if !out.is_file() || commit == "unknown" {
+        eprintln!("no prebuilt agent: making its source bundle from {} (the guest will build it)", tree.display());
+        bundle::build(&tree, &out, commit)?;
+    }
+    let bytes = std::fs::read(&out)?;
+    Ok((
+        AgentPayload::SourceBundle(bytes),
+        format!("agent source bundle made from {} (built in the guest)", tree.display()),
+    ))
 }
 
 fn seed_inputs<'a>(

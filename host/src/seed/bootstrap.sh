@@ -85,7 +85,8 @@ build_agent_from_bundle() {
     rm -rf "$src"
     mkdir -p "$src"
     tar -xzf "$MNT/$PAYLOAD_DIR/$BUNDLE_FILE" -C "$src" &&
-        (cd "$src" && CARGO_HOME="$STATE/cargo-home" cargo build --release --offline --locked -p almavmm-agent) &&
+        (cd "$src" && ALMAVMM_GIT_COMMIT=$(cat .almavmm-commit 2>/dev/null || echo unknown) \
+            CARGO_HOME="$STATE/cargo-home" cargo build --release --offline --locked -p almavmm-agent) &&
         install -D -m 0755 "$src/target/release/almavmm-agent" "$AGENT_BIN" &&
         echo "built-in-guest" >"$STATE/agent-origin"
 }

@@ -39,8 +39,15 @@ pub fn stdout_color_enabled() -> bool {
 pub fn print_error(err: &anyhow::Error) {
     let prefix = if color_enabled() { "\x1b[1;31merror:\x1b[0m" } else { "error:" };
     eprintln!("{prefix} {err}");
+    // Our error messages usually end with their cause already ("…: No such file…"):
+    // print a cause only when it adds something.
+    let mut shown = err.to_string();
     for cause in err.chain().skip(1) {
-        eprintln!("  caused by: {cause}");
+        let text = cause.to_string();
+        if !shown.contains(&text) {
+            eprintln!("  caused by: {text}");
+        }
+        shown = text;
     }
 }
 
