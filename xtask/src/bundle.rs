@@ -32,6 +32,54 @@ pub fn build(sh: &Shell) -> anyhow::Result<PathBuf> {
     Ok(out)
 }
 
+/// Where the hash of the bundle's inputs is recorded when `cargo xtask e2e --bundle` passes.
+/// Commit it: `cargo xtask test` runs the (slow: a whole Rust build under emulation) bundle
+/// scenario only when these inputs differ from the ones last verified.
+pub const VERIFIED_STAMP: &str = "xtask/bundle-e2e.verified";
+
+/// What the bundle scenario proves depends on: the agent's crates, the lock, the bundle
+/// builder and lookup, the bootstrap that builds it, and the Debian 13 image recipe.
+const INPUTS: &[&str] = &[
+    "guest",
+    "shared",
+    "Cargo.toml",
+    "Cargo.lock",
+    "host/src/agent/bundle.rs",
+    "host/src/agent/locate.rs",
+    "host/src/seed/bootstrap.sh",
+    "xtask/src/testimage.rs",
+];
+
+/// SHA-256 over the tracked files of [`INPUTS`] (path and contents, in path order).
+pub fn inputs_hash(sh: &Shell) -> anyhow::Result<String> {
+    use sha2::{Digest, Sha256};
+    let listed = xshell::cmd!(sh, "git ls-files -- {INPUTS...}").quiet().read()?;
+    let mut files: Vec<&str> = listed.lines().collect();
+    files.sort_unstable();
+    anyhow::ensure!(!files.is_empty(), "git lists none of the bundle's inputs");
+    let mut h = Sha256::new();
+    for f in files {
+        h.update(f.as_bytes());
+        h.update([0]);
+        h.update(std::fs::read(project_root().join(f))?);
+        h.update([0]);
+    }
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Whether the bundle scenario has passed with exactly these inputs.
+pub fn verified(sh: &Shell) -> anyhow::Result<bool> {
+    let stamp = std::fs::read_to_string(project_root().join(VERIFIED_STAMP)).unwrap_or_default();
+    Ok(stamp.split_whitespace().next() == Some(inputs_hash(sh)?.as_str()))
+}
+
+/// Record that the bundle scenario passed with the inputs whose hash is `hash`.
+pub fn mark_verified(hash: &str) -> anyhow::Result<()> {
+    let line = format!("{hash}  bundle e2e passed with these inputs ({})\n", INPUTS.join(" "));
+    std::fs::write(project_root().join(VERIFIED_STAMP), line)?;
+    Ok(())
+}
+
 pub fn run(sh: &Shell) -> anyhow::Result<()> {
     println!("{}", build(sh)?.display());
     Ok(())

@@ -75,9 +75,9 @@ pub fn run(args: SeedArgs) -> anyhow::Result<u8> {
         authorized_key: &authorized,
         instance_id: &instance_id,
         host_key: Some(&host_key),
-        agent: &agent,
+        agent,
     };
-    let size = seed::write_seed(&args.output, &inputs, args.force)?;
+    let size = seed::write_seed(&args.output, inputs, args.force)?;
     let line = keys::known_hosts_line(args.name.as_str(), &host_key.public_openssh);
     if let Err(e) = atomic::write_file(&known_hosts_path, line.as_bytes(), 0o600) {
         // Without its pin the seed is worse than useless: it would invite trust on first use.
@@ -92,7 +92,7 @@ pub fn run(args: SeedArgs) -> anyhow::Result<u8> {
         args.user
     );
     eprintln!("pinned the guest's host key in {} under the name {}", known_hosts_path.display(), args.name);
-    if matches!(agent, AgentPayload::Missing) {
+    if args.agent.is_none() {
         eprintln!(
             "warning: no agent given (--agent PATH): the guest will boot and accept SSH, but its bootstrap stops before setup"
         );

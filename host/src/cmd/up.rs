@@ -51,6 +51,10 @@ pub struct UpArgs {
     #[arg(long)]
     pub memory: Option<ByteSize>,
 
+    /// Virtual CPUs (QEMU only: vmd runs guests with one) [default: 1].
+    #[arg(long)]
+    pub cpus: Option<u32>,
+
     /// Guest disk size; the disk is a thin overlay, so this is a ceiling, not an allocation [default: 20G].
     #[arg(long)]
     pub disk: Option<ByteSize>,
@@ -139,11 +143,20 @@ const STAGES: usize = 12;
 pub fn run(args: UpArgs) -> anyhow::Result<u8> {
     let home = Home::from_env()?;
     home.ensure_dir(&home.vms_dir())?;
+    let existed = home.vm_dir(&args.name).is_dir();
     let dir = home.ensure_dir(&home.vm_dir(&args.name))?;
-    // The lock file lives in the guest's folder, which must exist first; a brand-new
-    // folder without vm.yaml is harmless and reused by the next run.
+    // The lock file lives in the guest's folder, which must exist first.
     let lock = crate::state::vm::VmLock::acquire(&dir.join("lock"), args.name.as_str())?;
-    let vm = load_or_create(&home, &args, &dir)?;
+    let vm = match load_or_create(&home, &args, &dir) {
+        Ok(vm) => vm,
+        Err(e) => {
+            // Refused input leaves nothing behind: not even the folder made for the lock.
+            if !existed {
+                let _ = std::fs::remove_dir_all(&dir);
+            }
+            return Err(e);
+        }
+    };
     let backend = backend::for_kind(vm.spec.backend, &home)?;
     let mut stages = Stages::new(STAGES, false);
     let result = bring_up(&home, &vm, backend.as_ref(), &args, &mut stages);
@@ -178,6 +191,14 @@ fn load_or_create(home: &Home, args: &UpArgs, dir: &Path) -> anyhow::Result<Vm> 
         bail!("--memory {memory} is too little for a cloud image; give at least {MIN_MEMORY}");
     }
     let disk = args.disk.unwrap_or(DEFAULT_DISK);
+    let backend = args.backend.unwrap_or_else(BackendKind::native);
+    let cpus = args.cpus.unwrap_or(1);
+    if cpus == 0 || cpus > 64 {
+        bail!("--cpus {cpus} is not a number of CPUs a guest can have: give 1 to 64");
+    }
+    if cpus > 1 && backend == BackendKind::Vmd {
+        bail!("--cpus {cpus}: vmd runs guests with a single virtual CPU");
+    }
     let user = args.user.clone().unwrap_or_else(|| "almalinux".into());
     seed::check_user(&user)?;
     let hostname = args.hostname.clone().unwrap_or_else(|| seed::default_hostname(args.name.as_str()));
@@ -194,8 +215,9 @@ fn load_or_create(home: &Home, args: &UpArgs, dir: &Path) -> anyhow::Result<Vm> 
     };
     let spec = VmSpec {
         name: args.name.clone(),
-        backend: args.backend.unwrap_or_else(BackendKind::native),
+        backend,
         memory,
+        cpus,
         disk_size: disk,
         image: ImageSpec {
             url: args.image_url.clone().unwrap_or_else(|| image::DEFAULT_IMAGE_URL.into()),
@@ -233,6 +255,9 @@ fn warn_ignored_flags(spec: &VmSpec, args: &UpArgs) {
     let mut ignored = Vec::new();
     if args.memory.is_some_and(|m| m != spec.memory) {
         ignored.push(format!("--memory (it has {})", spec.memory));
+    }
+    if args.cpus.is_some_and(|c| c != spec.cpus) {
+        ignored.push(format!("--cpus (it has {})", spec.cpus));
     }
     if args.disk.is_some_and(|d| d != spec.disk_size) {
         ignored.push(format!("--disk (it has {})", spec.disk_size));
@@ -557,7 +582,7 @@ fn seed_inputs<'a>(
     vm: &'a Vm,
     key: &'a keys::AuthorizedKey,
     host_key: Option<&'a keys::HostKeyPair>,
-    agent: &'a AgentPayload,
+    agent: AgentPayload,
 ) -> SeedInputs<'a> {
     SeedInputs {
         hostname: &vm.spec.hostname,
@@ -578,7 +603,7 @@ fn write_first_seed(home: &Home, vm: &Vm, args: &UpArgs) -> anyhow::Result<Strin
     let line = keys::known_hosts_line(vm.name.as_str(), &host_key.public_openssh);
     // Pin first: a seed must never exist without its pin.
     crate::state::atomic::write_file(&vm.known_hosts(), line.as_bytes(), 0o600)?;
-    seed::write_seed(&vm.seed(), &seed_inputs(vm, &key, Some(&host_key), &agent), true)?;
+    seed::write_seed(&vm.seed(), seed_inputs(vm, &key, Some(&host_key), agent), true)?;
     Ok(format!("host key pinned; {agent_desc}"))
 }
 
@@ -586,7 +611,7 @@ fn rewrite_seed_without_private_key(home: &Home, vm: &Vm, args: &UpArgs) -> anyh
     let key = keys::read_authorized_key(&vm.spec.ssh_key)?;
     // The payload stays (the agent may be re-run by hand from it); only the key goes.
     let agent = agent_payload(home, args.agent.as_deref()).map(|(a, _)| a).unwrap_or(AgentPayload::Missing);
-    seed::write_seed(&vm.seed(), &seed_inputs(vm, &key, None, &agent), true)?;
+    seed::write_seed(&vm.seed(), seed_inputs(vm, &key, None, agent), true)?;
     Ok(())
 }
 

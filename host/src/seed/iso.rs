@@ -67,7 +67,7 @@ pub fn check_name(name: &str) -> Result<(), IsoError> {
 /// Build the image in memory-light fashion into a temporary file beside `out`, then move
 /// it into place. Nothing is left behind on failure; an existing `out` is refused unless
 /// `replace` is set.
-pub fn write_iso(out: &Path, volume_id: &str, files: &[IsoFile], replace: bool) -> Result<(), IsoError> {
+pub fn write_iso(out: &Path, volume_id: &str, files: Vec<IsoFile>, replace: bool) -> Result<(), IsoError> {
     let tree = build_tree(files)?;
     if !replace && out.exists() {
         return Err(IsoError::Exists(out.display().to_string()));
@@ -106,19 +106,20 @@ pub fn write_iso(out: &Path, volume_id: &str, files: &[IsoFile], replace: bool) 
     }
 }
 
-fn build_tree(files: &[IsoFile]) -> Result<InputTree, IsoError> {
+fn build_tree(files: Vec<IsoFile>) -> Result<InputTree, IsoError> {
     let mut root: Vec<InputEntry> = Vec::new();
     let mut dirs: Vec<(String, Vec<InputEntry>)> = Vec::new();
     for f in files {
-        let parts: Vec<&str> = f.path.split('/').collect();
+        let path = f.path.clone();
+        let parts: Vec<&str> = path.split('/').collect();
         for p in &parts {
             check_name(p)?;
         }
         let meta = InputMetadata { mode: Some(f.mode), uid: Some(0), gid: Some(0), ..InputMetadata::default() };
         match parts.as_slice() {
-            [name] => root.push(InputEntry::file(*name, f.contents.clone()).with_metadata(meta)),
+            [name] => root.push(InputEntry::file(*name, f.contents).with_metadata(meta)),
             [dir, name] => {
-                let entry = InputEntry::file(*name, f.contents.clone()).with_metadata(meta);
+                let entry = InputEntry::file(*name, f.contents).with_metadata(meta);
                 match dirs.iter_mut().find(|(d, _)| d == dir) {
                     Some((_, children)) => children.push(entry),
                     None => dirs.push((dir.to_string(), vec![entry])),
@@ -161,7 +162,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("seed.iso");
         let files = vec![IsoFile { path: "almavmm/bad:name".into(), contents: b"x".to_vec(), mode: 0o644 }];
-        assert!(write_iso(&out, "CIDATA", &files, false).is_err());
+        assert!(write_iso(&out, "CIDATA", files, false).is_err());
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 
@@ -171,7 +172,7 @@ mod tests {
         let out = dir.path().join("seed.iso");
         std::fs::write(&out, "mine").unwrap();
         let files = vec![IsoFile { path: "meta-data".into(), contents: b"x".to_vec(), mode: 0o644 }];
-        let err = write_iso(&out, "CIDATA", &files, false).unwrap_err();
+        let err = write_iso(&out, "CIDATA", files, false).unwrap_err();
         assert!(err.to_string().contains("pass --force"), "{err}");
         assert_eq!(std::fs::read_to_string(&out).unwrap(), "mine");
     }
@@ -180,6 +181,6 @@ mod tests {
     fn too_deep_paths_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let files = vec![IsoFile { path: "a/b/c".into(), contents: vec![], mode: 0o644 }];
-        assert!(write_iso(&dir.path().join("s.iso"), "CIDATA", &files, false).is_err());
+        assert!(write_iso(&dir.path().join("s.iso"), "CIDATA", files, false).is_err());
     }
 }

@@ -23,11 +23,12 @@ pub struct SeedInputs<'a> {
     pub instance_id: &'a str,
     /// The guest's host key pair; `None` for the seed rewritten after first boot.
     pub host_key: Option<&'a HostKeyPair>,
-    pub agent: &'a AgentPayload,
+    /// Owned: a multi-megabyte agent is moved into the image, never copied.
+    pub agent: AgentPayload,
 }
 
 /// The files of the seed, in the order they are written.
-pub fn seed_files(inputs: &SeedInputs<'_>) -> Vec<IsoFile> {
+pub fn seed_files(inputs: SeedInputs<'_>) -> Vec<IsoFile> {
     let script = payload::bootstrap_script();
     let user_data = CloudConfig::new(&GuestConfig {
         user: inputs.user,
@@ -50,8 +51,8 @@ pub fn seed_files(inputs: &SeedInputs<'_>) -> Vec<IsoFile> {
 }
 
 /// Write the seed ISO to `out` atomically (mode 0600).
-pub fn write_seed(out: &Path, inputs: &SeedInputs<'_>, replace: bool) -> Result<u64, iso::IsoError> {
-    iso::write_iso(out, layout::VOLUME_ID, &seed_files(inputs), replace)?;
+pub fn write_seed(out: &Path, inputs: SeedInputs<'_>, replace: bool) -> Result<u64, iso::IsoError> {
+    iso::write_iso(out, layout::VOLUME_ID, seed_files(inputs), replace)?;
     Ok(std::fs::metadata(out).map(|m| m.len()).unwrap_or(0))
 }
 
@@ -135,13 +136,13 @@ mod tests {
     #[test]
     fn seed_lays_out_cloud_init_files_at_root_and_payload_below() {
         let key = cloud_config::tests::sample_key();
-        let files = seed_files(&SeedInputs {
+        let files = seed_files(SeedInputs {
             hostname: "alma",
             user: "almalinux",
             authorized_key: &key,
             instance_id: "iid-1",
             host_key: None,
-            agent: &AgentPayload::Missing,
+            agent: AgentPayload::Missing,
         });
         let paths: Vec<&str> = files.iter().map(|f| f.path.as_str()).collect();
         assert_eq!(paths[..2], ["meta-data", "user-data"]);

@@ -70,11 +70,11 @@ pub fn bootstrap_script() -> String {
 }
 
 /// (file name in `almavmm/`, contents, mode) for every payload file, manifest last.
-pub fn payload_files(agent: &AgentPayload) -> Vec<(String, Vec<u8>, u32)> {
+pub fn payload_files(agent: AgentPayload) -> Vec<(String, Vec<u8>, u32)> {
     let mut files: Vec<(String, Vec<u8>, u32)> = Vec::new();
     match agent {
-        AgentPayload::Binary(b) => files.push((seed::AGENT_FILE.into(), b.clone(), 0o755)),
-        AgentPayload::SourceBundle(b) => files.push((seed::AGENT_BUNDLE_FILE.into(), b.clone(), 0o644)),
+        AgentPayload::Binary(b) => files.push((seed::AGENT_FILE.into(), b, 0o755)),
+        AgentPayload::SourceBundle(b) => files.push((seed::AGENT_BUNDLE_FILE.into(), b, 0o644)),
         AgentPayload::Missing => {}
     }
     files.push((seed::kmod_tarball_name(), kmod_tarball(), 0o644));
@@ -130,7 +130,7 @@ mod tests {
 
     #[test]
     fn manifest_covers_every_payload_file() {
-        let files = payload_files(&AgentPayload::Binary(b"\x7fELF".to_vec()));
+        let files = payload_files(AgentPayload::Binary(b"\x7fELF".to_vec()));
         let (last, manifest, _) = files.last().unwrap();
         assert_eq!(last, seed::MANIFEST_FILE);
         let listed = seed::parse_checksum_list(std::str::from_utf8(manifest).unwrap()).unwrap();

@@ -60,6 +60,9 @@ pub struct VmSpec {
     pub name: VmName,
     pub backend: BackendKind,
     pub memory: ByteSize,
+    /// Virtual CPUs. vmd runs guests with one; QEMU can give more.
+    #[serde(default = "one_cpu")]
+    pub cpus: u32,
     pub disk_size: ByteSize,
     pub image: ImageSpec,
     pub user: String,
@@ -69,6 +72,10 @@ pub struct VmSpec {
     pub ssh_key: PathBuf,
     /// cloud-init instance id, fixed for the life of the VM.
     pub instance_id: String,
+}
+
+fn one_cpu() -> u32 {
+    1
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -125,6 +132,7 @@ mod tests {
             name: "alma".parse().unwrap(),
             backend: BackendKind::Qemu,
             memory: ByteSize::gib(2),
+            cpus: 1,
             disk_size: ByteSize::gib(20),
             image: ImageSpec {
                 url: "https://example.org/a.qcow2".into(),

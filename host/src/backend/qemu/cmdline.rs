@@ -9,6 +9,7 @@ use super::accel::Accel;
 pub struct Launch {
     pub name: String,
     pub memory_mib: u64,
+    pub cpus: u32,
     pub accel: Accel,
     pub disk: PathBuf,
     pub seed: Option<PathBuf>,
@@ -33,7 +34,7 @@ pub fn args(l: &Launch) -> Vec<String> {
         "-cpu".into(),
         l.accel.cpu().into(),
         "-smp".into(),
-        "1".into(),
+        l.cpus.to_string(),
         "-m".into(),
         format!("{}M", l.memory_mib),
         "-nodefaults".into(),
@@ -83,6 +84,7 @@ mod tests {
         Launch {
             name: "alma".into(),
             memory_mib: 2048,
+            cpus: 1,
             accel,
             disk: "/s/vms/alma/disk.qcow2".into(),
             seed: Some("/s/vms/alma/seed.iso".into()),

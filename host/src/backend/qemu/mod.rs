@@ -157,6 +157,7 @@ impl Backend for Qemu {
         let launch = cmdline::Launch {
             name: vm.name.to_string(),
             memory_mib: vm.spec.memory.as_mib(),
+            cpus: vm.spec.cpus,
             accel,
             disk,
             seed: Some(vm.seed()).filter(|s| s.is_file()),

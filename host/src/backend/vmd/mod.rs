@@ -223,6 +223,12 @@ impl Backend for Vmd {
     }
 
     fn define(&self, vm: &Vm) -> Result<()> {
+        if vm.spec.cpus > 1 {
+            return Err(BackendError::Message(format!(
+                "{} asks for {} CPUs in its vm.yaml, but vmd runs guests with one; set cpus: 1",
+                vm.name, vm.spec.cpus
+            )));
+        }
         if !vm.disk().is_file() {
             return Err(BackendError::Message(format!(
                 "{} has no disk at {}; it cannot be defined for vmd yet",
