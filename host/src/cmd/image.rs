@@ -50,6 +50,13 @@ pub struct FetchArgs {
     #[arg(long, value_name = "URL", default_value = image::DEFAULT_IMAGE_URL)]
     pub url: String,
 
+    #[command(flatten)]
+    pub verify: VerifyArgs,
+}
+
+/// How an image is vouched for: the flags `image fetch` and `up` share.
+#[derive(Debug, Clone, Args)]
+pub struct VerifyArgs {
     /// Checksum list [default: CHECKSUM in the image's folder].
     #[arg(long, value_name = "URL")]
     pub checksum_url: Option<String>,
@@ -62,9 +69,26 @@ pub struct FetchArgs {
     #[arg(long, value_name = "HEX", requires = "signing_key")]
     pub signing_key_fingerprint: Option<String>,
 
-    /// Do not check the checksum list's signature (see below). Dangerous.
+    /// Do not check the checksum list's signature; its SHA-256 is still compared. Dangerous:
+    /// anyone who can change the download can change an unsigned list.
     #[arg(long, conflicts_with_all = ["signing_key", "signing_key_fingerprint"])]
     pub insecure_skip_verify: bool,
+}
+
+impl VerifyArgs {
+    /// The trust these flags ask for, warning loudly when it is none.
+    pub fn trust(&self) -> Trust {
+        match (self.insecure_skip_verify, &self.signing_key, &self.signing_key_fingerprint) {
+            (true, _, _) => {
+                eprintln!(
+                    "WARNING: --insecure-skip-verify: the checksum list's signature is NOT checked; nothing proves this image is genuine"
+                );
+                Trust::InsecureSkipVerify
+            }
+            (false, Some(key), Some(fingerprint)) => Trust::Key { key: key.clone(), fingerprint: fingerprint.clone() },
+            _ => Trust::AlmaLinux9,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -137,17 +161,7 @@ pub fn run(args: ImageArgs) -> anyhow::Result<u8> {
 }
 
 fn fetch(a: FetchArgs) -> anyhow::Result<u8> {
-    let trust = match (a.insecure_skip_verify, a.signing_key, a.signing_key_fingerprint) {
-        (true, _, _) => {
-            eprintln!(
-                "WARNING: --insecure-skip-verify: the checksum list's signature is NOT checked; nothing proves this image is genuine"
-            );
-            Trust::InsecureSkipVerify
-        }
-        (false, Some(key), Some(fingerprint)) => Trust::Key { key, fingerprint },
-        _ => Trust::AlmaLinux9,
-    };
-    let src = ImageSource { url: a.url, checksum_url: a.checksum_url, trust };
+    let src = ImageSource { url: a.url, checksum_url: a.verify.checksum_url.clone(), trust: a.verify.trust() };
     let home = Home::from_env()?;
     let got = image::fetch(&home, &src)?;
     let how = match (got.signature_checked, got.checksum_checked) {

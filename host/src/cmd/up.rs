@@ -63,21 +63,9 @@ pub struct UpArgs {
     #[arg(long = "image-url", alias = "image", value_name = "URL")]
     pub image_url: Option<String>,
 
-    /// Checksum list for the image [default: CHECKSUM beside the image].
-    #[arg(long, value_name = "URL")]
-    pub checksum_url: Option<String>,
-
-    /// OpenPGP key that signs the checksum list, instead of AlmaLinux's (file or URL).
-    #[arg(long, value_name = "PATH|URL", requires = "signing_key_fingerprint")]
-    pub signing_key: Option<String>,
-
-    /// Fingerprint the --signing-key must have.
-    #[arg(long, value_name = "HEX", requires = "signing_key")]
-    pub signing_key_fingerprint: Option<String>,
-
-    /// Do not check the checksum list's signature (the SHA-256 is still compared). Recorded in the guest's spec.
-    #[arg(long, conflicts_with = "signing_key")]
-    pub insecure_skip_verify: bool,
+    /// How the image is verified (recorded in the guest's spec).
+    #[command(flatten)]
+    pub verify: super::image::VerifyArgs,
 
     /// Your SSH public key [default: ~/.ssh/id_ed25519.pub].
     #[arg(long, value_name = "PATH")]
@@ -208,10 +196,10 @@ fn load_or_create(home: &Home, args: &UpArgs, dir: &Path) -> anyhow::Result<Vm> 
         None => default_ssh_key()?,
     };
     keys::read_authorized_key(&ssh_key)?;
-    let trust = match (&args.signing_key, &args.signing_key_fingerprint, args.insecure_skip_verify) {
-        (_, _, true) => ImageTrust::InsecureSkipVerify,
-        (Some(key), Some(fpr), false) => ImageTrust::Key { key: absolute_if_path(key), fingerprint: fpr.clone() },
-        _ => ImageTrust::Almalinux9,
+    let trust = match args.verify.trust() {
+        Trust::InsecureSkipVerify => ImageTrust::InsecureSkipVerify,
+        Trust::Key { key, fingerprint } => ImageTrust::Key { key: absolute_if_path(&key), fingerprint },
+        Trust::AlmaLinux9 => ImageTrust::Almalinux9,
     };
     let spec = VmSpec {
         name: args.name.clone(),
@@ -221,7 +209,7 @@ fn load_or_create(home: &Home, args: &UpArgs, dir: &Path) -> anyhow::Result<Vm> 
         disk_size: disk,
         image: ImageSpec {
             url: args.image_url.clone().unwrap_or_else(|| image::DEFAULT_IMAGE_URL.into()),
-            checksum_url: args.checksum_url.clone(),
+            checksum_url: args.verify.checksum_url.clone(),
             trust,
             sha256: None,
         },
@@ -231,10 +219,7 @@ fn load_or_create(home: &Home, args: &UpArgs, dir: &Path) -> anyhow::Result<Vm> 
         instance_id: seed::new_instance_id(args.name.as_str()),
     };
     if spec.image.trust == ImageTrust::InsecureSkipVerify {
-        eprintln!(
-            "WARNING: --insecure-skip-verify: the image's checksum list will not be checked for a signature; \
-             anyone who can tamper with the download can own this guest. This is recorded in vm.yaml."
-        );
+        eprintln!("(recorded in {}'s vm.yaml: its image was not verified)", spec.name);
     }
     let vm = Vm { name: args.name.clone(), dir: dir.to_owned(), spec };
     vm.save_spec()?;
