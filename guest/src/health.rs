@@ -122,17 +122,8 @@ pub fn render(r: &HealthReport) -> String {
     if !r.clock_events.is_empty() {
         let _ = writeln!(o, "clock events (newest last)");
         for e in &r.clock_events {
-            let secs = e.at_ns.div_euclid(1_000_000_000);
-            let (y, mo, d) = crate::rtc::civil_from_days(secs.div_euclid(86_400));
-            let rem = secs.rem_euclid(86_400);
-            let _ = writeln!(
-                o,
-                "  {y:04}-{mo:02}-{d:02} {:02}:{:02}:{:02}Z  {}",
-                rem / 3600,
-                rem / 60 % 60,
-                rem % 60,
-                e.detail
-            );
+            let when = almavmm_shared::calendar::utc_timestamp(e.at_ns.div_euclid(1_000_000_000));
+            let _ = writeln!(o, "  {when}Z  {}", e.detail);
         }
     }
     o

@@ -40,30 +40,7 @@ const RTC_RD_TIME: rustix::ioctl::Opcode = opcode::read::<RtcTime>(b'p', 0x09);
 /// `_IOW('p', 0x0a, struct rtc_time)`.
 const RTC_SET_TIME: rustix::ioctl::Opcode = opcode::write::<RtcTime>(b'p', 0x0a);
 
-/// Days since 1970-01-01 of a proleptic Gregorian date (month 1-12).
-pub fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (month + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// (year, month 1-12, day) of a day count since 1970-01-01.
-pub fn civil_from_days(days: i64) -> (i64, i64, i64) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
-}
+pub use almavmm_shared::calendar::{civil_from_days, days_from_civil};
 
 impl RtcTime {
     pub fn to_unix(&self) -> i64 {
@@ -226,18 +203,6 @@ impl Rtc {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn civil_conversions_match_known_dates() {
-        assert_eq!(days_from_civil(1970, 1, 1), 0);
-        assert_eq!(days_from_civil(2000, 3, 1), 11_017);
-        assert_eq!(civil_from_days(19_723), (2024, 1, 1));
-        assert_eq!(civil_from_days(-1), (1969, 12, 31));
-        for d in [-800_000i64, -1, 0, 59, 60, 365, 11_016, 19_782, 2_932_896] {
-            let (y, m, dd) = civil_from_days(d);
-            assert_eq!(days_from_civil(y, m, dd), d, "{d}");
-        }
-    }
 
     #[test]
     fn rtc_time_round_trips() {

@@ -4,6 +4,7 @@
 //! the JSON report types, where things live inside the guest, the layout of the seed ISO,
 //! the clock-offset arithmetic, and the runner every external program goes through.
 
+pub mod calendar;
 pub mod clock;
 pub mod health;
 pub mod paths;

@@ -66,17 +66,9 @@ fn today() -> (i64, u32, u32) {
     civil((secs / 86_400) as i64)
 }
 
-/// Civil date from days since 1970-01-01 (Howard Hinnant's `civil_from_days`).
 fn civil(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
+    let (y, m, d) = almavmm_shared::calendar::civil_from_days(days);
+    (y, m as u32, d as u32)
 }
 
 fn mdoc_date((y, m, d): (i64, u32, u32)) -> String {
