@@ -5,7 +5,6 @@
 //! stdout belongs to ssh's transport: nothing but relayed bytes is ever written to it.
 //! Progress and errors go to stderr.
 
-use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -18,7 +17,7 @@ use crate::backend::RunState;
 use crate::clock::{self, human_offset};
 use crate::exit::Classified;
 use crate::proxy::{guest_of_host, idle, lease, relay};
-use crate::ssh::client::{self, Target};
+use crate::ssh::client::Target;
 use crate::state::home::Home;
 use crate::state::name::VmName;
 use crate::state::vm::{StartedBy, Vm, VmLock};
@@ -94,10 +93,12 @@ pub fn run(args: SshProxyArgs) -> anyhow::Result<u8> {
     if started_here {
         say(format!("waiting for {name}'s sshd at {endpoint}"));
     }
-    // Short polls: the relay begins within ~50 ms of sshd answering.
+    // The connection that proves sshd is up (its banner arrived) is the one relayed: no
+    // extra connection, which would cost the guest a whole sshd session. Short polls: the
+    // relay begins within ~50 ms of sshd answering.
     let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_secs(5));
-    client::wait_for_banner(&endpoint, Duration::from_millis(50), left).with_context(|| {
-        format!("{name} was started but its SSH server never came up; see `almavmm-host console {name}`")
+    let answered = relay::connect_answered(&endpoint, Duration::from_millis(50), left).with_context(|| {
+        format!("{name}'s SSH server never came up at {endpoint}; see `almavmm-host console {name}`")
     })?;
     if started_here {
         g.vm.log_event("ssh-proxy: sshd answers");
@@ -107,9 +108,7 @@ pub fn run(args: SshProxyArgs) -> anyhow::Result<u8> {
         g.vm.log_event("ssh-proxy: relaying");
     }
 
-    let server = TcpStream::connect((endpoint.host.as_str(), endpoint.port))
-        .with_context(|| format!("cannot connect to {name}'s sshd at {endpoint}"))?;
-    let result = relay::relay(std::io::stdin(), std::io::stdout(), server);
+    let result = relay::relay_answered(std::io::stdin(), std::io::stdout(), answered);
 
     drop(lease);
     lease::record_end(&g.vm.dir, unix_now());

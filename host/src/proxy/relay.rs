@@ -3,7 +3,71 @@
 //! until the server closes too, so nothing in flight is lost.
 
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, TcpStream};
+use std::net::{Shutdown, TcpStream, ToSocketAddrs};
+use std::time::{Duration, Instant};
+
+use crate::backend::Endpoint;
+
+/// A connection to sshd whose first bytes (up to and including its `SSH-` version line)
+/// have been read already and must reach the client first.
+#[derive(Debug)]
+pub struct Answered {
+    pub stream: TcpStream,
+    pub already_read: Vec<u8>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("no SSH server answered at {endpoint} within {secs}s")]
+pub struct NoAnswer {
+    pub endpoint: String,
+    pub secs: u64,
+}
+
+/// Connect until an SSH server answers with its version line (RFC 4253 4.2: other lines
+/// may come first), polling every `poll`. QEMU's forwarder accepts and then drops
+/// connections while the guest's sshd is not up yet, so only the banner counts.
+pub fn connect_answered(endpoint: &Endpoint, poll: Duration, limit: Duration) -> Result<Answered, NoAnswer> {
+    let deadline = Instant::now() + limit;
+    let no_answer = || NoAnswer { endpoint: endpoint.to_string(), secs: limit.as_secs() };
+    loop {
+        if let Some(a) = try_answered(endpoint) {
+            return Ok(a);
+        }
+        if Instant::now() >= deadline {
+            return Err(no_answer());
+        }
+        std::thread::sleep(poll);
+    }
+}
+
+fn try_answered(endpoint: &Endpoint) -> Option<Answered> {
+    let addr = (endpoint.host.as_str(), endpoint.port).to_socket_addrs().ok()?.next()?;
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 512];
+    // Read until a line starts with "SSH-"; an SSH server sends at most a few lines first.
+    while got.len() < 8192 {
+        let n = stream.read(&mut buf).ok()?;
+        if n == 0 {
+            return None;
+        }
+        got.extend_from_slice(&buf[..n]);
+        if got.split(|b| *b == b'\n').any(|line| line.starts_with(b"SSH-")) && got.ends_with(b"\n") {
+            stream.set_read_timeout(None).ok()?;
+            return Some(Answered { stream, already_read: got });
+        }
+    }
+    None
+}
+
+/// Relay a connection from [`connect_answered`]: what was already read goes out first.
+pub fn relay_answered(client_in: impl Read + Send, mut client_out: impl Write, a: Answered) -> io::Result<(u64, u64)> {
+    client_out.write_all(&a.already_read)?;
+    client_out.flush()?;
+    let (up, down) = relay(client_in, client_out, a.stream)?;
+    Ok((up, down + a.already_read.len() as u64))
+}
 
 /// Relay until the server closes. Returns (bytes to server, bytes from server).
 pub fn relay(mut client_in: impl Read + Send, mut client_out: impl Write, server: TcpStream) -> io::Result<(u64, u64)> {
@@ -63,6 +127,40 @@ mod tests {
         server.join().unwrap();
         assert_eq!((up, down), (11, 11));
         assert_eq!(output, b"tseug olleh");
+    }
+
+    /// A forwarder that drops the first connections (no sshd behind it yet), then a server
+    /// that sends a pre-banner line and its banner and echoes: the client sees every byte,
+    /// in order, over the very connection that answered.
+    #[test]
+    fn the_connection_that_answered_is_relayed_with_its_banner() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let server = std::thread::spawn(move || {
+            drop(l.accept().unwrap());
+            drop(l.accept().unwrap());
+            let (mut s, _) = l.accept().unwrap();
+            s.write_all(b"welcome\r\nSSH-2.0-OpenSSH_9.2p1\r\n").unwrap();
+            let mut got = Vec::new();
+            s.read_to_end(&mut got).unwrap();
+            s.write_all(&got).unwrap();
+        });
+        let ep = Endpoint { host: "127.0.0.1".into(), port };
+        let a = connect_answered(&ep, Duration::from_millis(20), Duration::from_secs(10)).unwrap();
+        let mut out = Vec::new();
+        relay_answered(&b"SSH-2.0-client\r\n"[..], &mut out, a).unwrap();
+        server.join().unwrap();
+        assert_eq!(out, b"welcome\r\nSSH-2.0-OpenSSH_9.2p1\r\nSSH-2.0-client\r\n");
+    }
+
+    #[test]
+    fn no_server_means_a_timeout_naming_the_endpoint() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        drop(l);
+        let ep = Endpoint { host: "127.0.0.1".into(), port };
+        let e = connect_answered(&ep, Duration::from_millis(20), Duration::from_millis(200)).unwrap_err();
+        assert_eq!(e.to_string(), format!("no SSH server answered at 127.0.0.1:{port} within 0s"));
     }
 
     #[test]
