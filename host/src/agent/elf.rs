@@ -64,6 +64,28 @@ mod tests {
         }
     }
 
+    /// A static-pie binary (what musl and glibc crt-static builds are) has PT_DYNAMIC for
+    /// its own relocations but no PT_INTERP: static.
+    #[test]
+    fn static_pie_is_static_and_an_interpreter_is_not() {
+        let with = |types: &[u32]| {
+            let mut e = vec![0u8; 64];
+            e[..6].copy_from_slice(b"\x7fELF\x02\x01");
+            e[0x12] = 62;
+            e[0x20] = 64;
+            e[0x36] = 56;
+            e[0x38] = types.len() as u8;
+            for t in types {
+                let mut ph = vec![0u8; 56];
+                ph[..4].copy_from_slice(&t.to_le_bytes());
+                e.extend(ph);
+            }
+            e
+        };
+        assert_eq!(check_static_x86_64(&with(&[6, 1, 1, 2])), Ok(()));
+        assert!(matches!(check_static_x86_64(&with(&[6, 3, 1])), Err(ElfProblem::Truncated | ElfProblem::Dynamic(_))));
+    }
+
     #[test]
     fn minimal_static_header_passes_and_garbage_fails() {
         let mut h = vec![0u8; 64];
