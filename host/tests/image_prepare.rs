@@ -140,18 +140,7 @@ fn raw_disks_are_converted_and_other_files_refused() {
 fn encrypted_images_are_refused_with_the_reason() {
     let t = Setup::new();
     let enc = t.p("enc.qcow2");
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "--object",
-        "secret,id=sec0,data=pw",
-        "-o",
-        "encrypt.format=luks,encrypt.key-secret=sec0",
-        &s(&enc),
-        "16M",
-    ]);
+    image_support::create_luks(&s(&enc));
     let sha = image::sha256_file(&enc).unwrap();
     let err = image::prepare(&t.home, &enc, &sha).unwrap_err();
     assert!(matches!(err, ImageError::CannotPrepare { .. }), "{err}");

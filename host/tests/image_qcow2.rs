@@ -152,24 +152,12 @@ fn backing_chains_absolute_and_relative() {
 fn luks_encrypted_image() {
     let d = Dir::new();
     let f = d.s("enc.qcow2");
-    let secret = "secret,id=sec0,data=password";
-    qemu_img(&[
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "--object",
-        secret,
-        "-o",
-        "encrypt.format=luks,encrypt.key-secret=sec0",
-        &f,
-        "16M",
-    ]);
+    image_support::create_luks(&f);
     let ours = image::inspect(Path::new(&f)).unwrap();
     assert_eq!(ours.qcow2.as_ref().unwrap().encryption, Encryption::Luks);
     assert_eq!(codes(&ours), [ProblemCode::Encrypted]);
     let opts = format!("driver=qcow2,file.filename={f},encrypt.key-secret=sec0");
-    let map = image_support::map_says_compressed(&["--object", secret, "--image-opts"], &opts);
+    let map = image_support::map_says_compressed(&["--object", image_support::LUKS_SECRET, "--image-opts"], &opts);
     assert_eq!(map, Some(ours.compressed));
 }
 

@@ -355,3 +355,22 @@ pub fn raw_disk(path: &Path, size: u64, data: usize) {
     let text: Vec<u8> = b"almavmm test line, compressible\n".iter().copied().cycle().take(data).collect();
     f.write_all_at(&text, (1 << 20) + data as u64 + (1 << 20)).unwrap();
 }
+
+/// The QEMU `--object` that holds the passphrase of images made by [`create_luks`].
+pub const LUKS_SECRET: &str = "secret,id=sec0,data=password";
+
+/// A 16 MiB qcow2 image encrypted with LUKS (passphrase in [`LUKS_SECRET`]).
+pub fn create_luks(path: &str) {
+    qemu_img(&[
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "--object",
+        LUKS_SECRET,
+        "-o",
+        "encrypt.format=luks,encrypt.key-secret=sec0",
+        path,
+        "16M",
+    ]);
+}
