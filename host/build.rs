@@ -1,8 +1,11 @@
 //! Embeds the kernel module's source (the files at the top of `kmod/`) into the host
-//! binary, so a seed can carry it to the guest without the checkout at run time.
+//! binary as the tarball a seed carries, so seeds need neither the checkout nor any
+//! compressing at run time.
 
-use std::fmt::Write as _;
 use std::path::Path;
+
+#[path = "src/seed/kmod_tar.rs"]
+mod kmod_tar;
 
 fn shipped(name: &str) -> bool {
     // Build outputs of an in-tree `make`, editor files and hidden files never ship.
@@ -69,14 +72,16 @@ fn main() {
         })
         .unwrap_or_default();
     names.sort();
-    let mut out = String::from("/// (file name, contents) of every shipped file in `kmod/`, sorted by name.\n");
-    out.push_str("pub const KMOD_FILES: &[(&str, &[u8])] = &[\n");
-    for name in &names {
-        let path = kmod.join(name).canonicalize().expect("kmod file");
-        println!("cargo:rerun-if-changed={}", path.display());
-        let _ = writeln!(out, "    ({name:?}, include_bytes!({:?})),", path.display().to_string());
-    }
-    out.push_str("];\n");
-    let dest = Path::new(&std::env::var("OUT_DIR").expect("OUT_DIR")).join("kmod_files.rs");
-    std::fs::write(dest, out).expect("write kmod_files.rs");
+    let files: Vec<(String, Vec<u8>)> = names
+        .into_iter()
+        .map(|name| {
+            let path = kmod.join(&name);
+            println!("cargo:rerun-if-changed={}", path.display());
+            let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+            (name, bytes)
+        })
+        .collect();
+    let tarball = kmod_tar::tarball(env!("CARGO_PKG_VERSION"), &files).expect("in-memory tarball");
+    let dest = Path::new(&std::env::var("OUT_DIR").expect("OUT_DIR")).join("vmm_clock.tar.gz");
+    std::fs::write(dest, tarball).expect("write vmm_clock.tar.gz");
 }

@@ -224,3 +224,57 @@ fn existing_output_needs_force() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no agent given"));
 }
+
+#[test]
+fn isovfy_finds_no_structural_errors() {
+    let f = Fixture::new();
+    let iso = good_seed(&f);
+    let out = stdout(Command::new("isovfy").arg(&iso));
+    assert!(out.contains("No errors found"), "{out}");
+}
+
+/// The seed is small, but the writer must not depend on that: directories that span
+/// several sectors, clashing 8.3 names and files in both folders read back in every view.
+#[test]
+fn many_long_names_read_back_in_every_view() {
+    use almavmm_host::seed::iso::{Contents, IsoFile, write_iso};
+    use almavmm_host::state::atomic::Durability;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut expected = Vec::new();
+    let mut files = Vec::new();
+    for i in 0..70 {
+        let path = if i % 3 == 0 {
+            format!("same-long-prefix-at-the-root-{i:02}.txt")
+        } else {
+            format!("payload/same-long-prefix-in-a-folder-{i:02}.data")
+        };
+        let body = format!("file {i}\n").repeat(i * 37);
+        expected.push((path.clone(), body.clone().into_bytes()));
+        files.push(IsoFile { path, contents: Contents::Bytes(body.into_bytes()), mode: 0o640 });
+    }
+    let iso = dir.path().join("big.iso");
+    write_iso(&iso, "CIDATA", files, false, Durability::Unsynced).unwrap();
+
+    let out = stdout(Command::new("isovfy").arg(&iso));
+    assert!(out.contains("No errors found"), "{out}");
+    let root = dir.path().join("x");
+    run_ok(Command::new("xorriso").args(["-osirrox", "on", "-indev"]).arg(&iso).args(["-extract", "/"]).arg(&root));
+    for (path, body) in &expected {
+        assert_eq!(&fs::read(root.join(path)).unwrap(), body, "{path}");
+        let mode = fs::metadata(root.join(path)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o640, "{path}: Rock Ridge mode");
+    }
+    for view in ["-R", "-J"] {
+        let listing = stdout(Command::new("isoinfo").arg(view).arg("-f").arg("-i").arg(&iso));
+        for (path, _) in &expected {
+            assert!(listing.lines().any(|l| l == format!("/{path}")), "{view}: /{path} missing in\n{listing}");
+        }
+    }
+    // Without the extensions: unique 8.3 names for all 70.
+    let plain = stdout(Command::new("isoinfo").arg("-f").arg("-i").arg(&iso));
+    let mut names: Vec<&str> = plain.lines().filter(|l| l.contains(';')).collect();
+    names.sort();
+    names.dedup();
+    assert_eq!(names.len(), expected.len(), "{plain}");
+}

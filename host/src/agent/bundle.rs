@@ -225,8 +225,10 @@ pub fn build(root: &Path, out: &Path, commit: &str) -> Result<u64, BundleError> 
     if let Some(dir) = out.parent() {
         fs::create_dir_all(dir).map_err(io(dir))?;
     }
-    crate::state::atomic::write_with(out, 0o644, |f| pack(s, f).map_err(|e| std::io::Error::other(e.to_string())))
-        .map_err(io(out))?;
+    crate::state::atomic::write_with(out, 0o644, crate::state::atomic::Durability::Synced, |f| {
+        pack(s, f).map_err(|e| std::io::Error::other(e.to_string()))
+    })
+    .map_err(io(out))?;
     Ok(fs::metadata(out).map(|m| m.len()).unwrap_or(0))
 }
 

@@ -1,14 +1,18 @@
 //! `almavmm-host seed`: write a cloud-init seed ISO by hand, for booting a guest without
 //! `up` (for example with `vmctl start -r seed.iso`).
 
+use std::io::Write as _;
+use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use clap::Args;
 
-use crate::seed::{self, AgentPayload, SeedInputs};
+use crate::seed::iso::Contents;
+use crate::seed::{self, AgentPayload, Checksummed, SeedInputs};
 use crate::ssh::keys;
-use crate::state::{atomic, name::VmName};
+use crate::state::atomic::{self, Durability};
+use crate::state::name::VmName;
 use crate::ui;
 
 #[derive(Debug, Args)]
@@ -50,14 +54,15 @@ pub struct SeedArgs {
 }
 
 pub fn run(args: SeedArgs) -> anyhow::Result<u8> {
+    // The agent first: checksumming it then runs beside everything below.
+    let agent = match &args.agent {
+        Some(p) => AgentPayload::Binary(Checksummed::start(open_agent(p)?)?),
+        None => AgentPayload::Missing,
+    };
     let hostname = args.hostname.clone().unwrap_or_else(|| seed::default_hostname(args.name.as_str()));
     seed::check_hostname(&hostname)?;
     seed::check_user(&args.user)?;
     let authorized = keys::read_authorized_key(&args.ssh_key)?;
-    let agent = match &args.agent {
-        Some(p) => AgentPayload::Binary(read_agent(p)?),
-        None => AgentPayload::Missing,
-    };
     let known_hosts_path = args.output.with_extension("known_hosts");
     if !args.force {
         for p in [&args.output, &known_hosts_path] {
@@ -77,9 +82,13 @@ pub fn run(args: SeedArgs) -> anyhow::Result<u8> {
         host_key: Some(&host_key),
         agent,
     };
-    let size = seed::write_seed(&args.output, inputs, args.force)?;
+    // Both files are the user's artifacts, written the way mkisofs writes its output (see
+    // Durability). A power cut that keeps the ISO but empties the pin fails safe: ssh with
+    // StrictHostKeyChecking=yes refuses an unknown key.
+    let size = seed::write_seed(&args.output, inputs, args.force, Durability::Unsynced)?;
     let line = keys::known_hosts_line(args.name.as_str(), &host_key.public_openssh);
-    if let Err(e) = atomic::write_file(&known_hosts_path, line.as_bytes(), 0o600) {
+    if let Err(e) = atomic::write_with(&known_hosts_path, 0o600, Durability::Unsynced, |f| f.write_all(line.as_bytes()))
+    {
         // Without its pin the seed is worse than useless: it would invite trust on first use.
         let _ = std::fs::remove_file(&args.output);
         return Err(e).with_context(|| format!("cannot write {}", known_hosts_path.display()));
@@ -106,10 +115,15 @@ pub fn run(args: SeedArgs) -> anyhow::Result<u8> {
     Ok(crate::exit::OK)
 }
 
-fn read_agent(path: &Path) -> anyhow::Result<Vec<u8>> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read the agent binary {}", path.display()))?;
-    if !bytes.starts_with(b"\x7fELF") {
+/// Open the agent to be copied onto the seed, after checking it is an ELF file at all.
+fn open_agent(path: &Path) -> anyhow::Result<Contents> {
+    let cannot = || format!("cannot read the agent binary {}", path.display());
+    let contents = Contents::open(path).with_context(cannot)?;
+    let Contents::File { file, .. } = &contents else { unreachable!("Contents::open gives a file") };
+    let mut magic = [0u8; 4];
+    let n = file.read_at(&mut magic, 0).with_context(cannot)?;
+    if n < 4 || magic != *b"\x7fELF" {
         bail!("{} is not an ELF binary; --agent wants the static Linux build of almavmm-agent", path.display());
     }
-    Ok(bytes)
+    Ok(contents)
 }

@@ -15,9 +15,11 @@ use serde::Serialize;
 use crate::agent::{bundle, locate, remote};
 use crate::backend::{self, Backend, Endpoint, RunState};
 use crate::image::{self, ImageSource, Trust};
-use crate::seed::{self, AgentPayload, SeedInputs};
+use crate::seed::iso::Contents;
+use crate::seed::{self, AgentPayload, Checksummed, SeedInputs};
 use crate::ssh::client::{self, Target};
 use crate::ssh::keys;
+use crate::state::atomic::Durability;
 use crate::state::home::Home;
 use crate::state::name::VmName;
 use crate::state::size::ByteSize;
@@ -532,12 +534,12 @@ pub(crate) fn agent_payload(home: &Home, explicit: Option<&Path>) -> anyhow::Res
         locate::candidates(explicit, std::env::var_os("ALMAVMM_AGENT").map(PathBuf::from), exe.as_deref(), home.root());
     if let Some((found, bytes)) = locate::find(&cands)? {
         let desc = format!("agent from {} ({})", found.from, found.path.display());
-        return Ok((AgentPayload::Binary(bytes), desc));
+        return Ok((AgentPayload::Binary(Checksummed::start(Contents::Bytes(bytes))?), desc));
     }
     for p in locate::bundle_candidates(exe.as_deref(), home.root()) {
         if let Ok(bytes) = std::fs::read(&p) {
             return Ok((
-                AgentPayload::SourceBundle(bytes),
+                AgentPayload::SourceBundle(Checksummed::start(Contents::Bytes(bytes))?),
                 format!("agent source bundle {} (built in the guest)", p.display()),
             ));
         }
@@ -558,7 +560,7 @@ pub(crate) fn agent_payload(home: &Home, explicit: Option<&Path>) -> anyhow::Res
     }
     let bytes = std::fs::read(&out)?;
     Ok((
-        AgentPayload::SourceBundle(bytes),
+        AgentPayload::SourceBundle(Checksummed::start(Contents::Bytes(bytes))?),
         format!("agent source bundle made from {} (built in the guest)", tree.display()),
     ))
 }
@@ -588,7 +590,7 @@ fn write_first_seed(home: &Home, vm: &Vm, args: &UpArgs) -> anyhow::Result<Strin
     let line = keys::known_hosts_line(vm.name.as_str(), &host_key.public_openssh);
     // Pin first: a seed must never exist without its pin.
     crate::state::atomic::write_file(&vm.known_hosts(), line.as_bytes(), 0o600)?;
-    seed::write_seed(&vm.seed(), seed_inputs(vm, &key, Some(&host_key), agent), true)?;
+    seed::write_seed(&vm.seed(), seed_inputs(vm, &key, Some(&host_key), agent), true, Durability::Synced)?;
     Ok(format!("host key pinned; {agent_desc}"))
 }
 
@@ -596,7 +598,7 @@ fn rewrite_seed_without_private_key(home: &Home, vm: &Vm, args: &UpArgs) -> anyh
     let key = keys::read_authorized_key(&vm.spec.ssh_key)?;
     // The payload stays (the agent may be re-run by hand from it); only the key goes.
     let agent = agent_payload(home, args.agent.as_deref()).map(|(a, _)| a).unwrap_or(AgentPayload::Missing);
-    seed::write_seed(&vm.seed(), seed_inputs(vm, &key, None, agent), true)?;
+    seed::write_seed(&vm.seed(), seed_inputs(vm, &key, None, agent), true, Durability::Synced)?;
     Ok(())
 }
 

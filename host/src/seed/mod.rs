@@ -2,6 +2,9 @@
 
 pub mod cloud_config;
 pub mod iso;
+// Compiled into build.rs, which makes the tarball; here only for its tests.
+#[cfg(test)]
+mod kmod_tar;
 pub mod payload;
 
 use std::path::Path;
@@ -9,9 +12,10 @@ use std::path::Path;
 use almavmm_shared::seed as layout;
 
 use crate::ssh::keys::{AuthorizedKey, HostKeyPair};
+use crate::state::atomic::Durability;
 use cloud_config::{CloudConfig, GuestConfig, MetaData};
-use iso::IsoFile;
-pub use payload::AgentPayload;
+use iso::{Contents, IsoFile};
+pub use payload::{AgentPayload, Checksummed};
 
 /// Everything that decides a seed's contents.
 #[derive(Debug)]
@@ -28,7 +32,8 @@ pub struct SeedInputs<'a> {
 }
 
 /// The files of the seed, in the order they are written.
-pub fn seed_files(inputs: SeedInputs<'_>) -> Vec<IsoFile> {
+pub fn seed_files(inputs: SeedInputs<'_>) -> std::io::Result<Vec<IsoFile>> {
+    let payload = payload::payload_files(inputs.agent)?;
     let script = payload::bootstrap_script();
     let user_data = CloudConfig::new(&GuestConfig {
         user: inputs.user,
@@ -41,19 +46,25 @@ pub fn seed_files(inputs: SeedInputs<'_>) -> Vec<IsoFile> {
         MetaData { instance_id: inputs.instance_id.to_string(), local_hostname: inputs.hostname.to_string() }.render();
     // user-data may hold the private host key: readable by root only inside the guest too.
     let mut files = vec![
-        IsoFile { path: "meta-data".into(), contents: meta_data.into_bytes(), mode: 0o644 },
-        IsoFile { path: "user-data".into(), contents: user_data.into_bytes(), mode: 0o600 },
+        IsoFile { path: "meta-data".into(), contents: Contents::Bytes(meta_data.into_bytes()), mode: 0o644 },
+        IsoFile { path: "user-data".into(), contents: Contents::Bytes(user_data.into_bytes()), mode: 0o600 },
     ];
-    for (name, contents, mode) in payload::payload_files(inputs.agent) {
+    for (name, contents, mode) in payload {
         files.push(IsoFile { path: format!("{}/{name}", layout::PAYLOAD_DIR), contents, mode });
     }
-    files
+    Ok(files)
 }
 
-/// Write the seed ISO to `out` atomically (mode 0600).
-pub fn write_seed(out: &Path, inputs: SeedInputs<'_>, replace: bool) -> Result<u64, iso::IsoError> {
-    iso::write_iso(out, layout::VOLUME_ID, seed_files(inputs), replace)?;
-    Ok(std::fs::metadata(out).map(|m| m.len()).unwrap_or(0))
+/// Write the seed ISO to `out` atomically (mode 0600); returns its size.
+pub fn write_seed(
+    out: &Path,
+    inputs: SeedInputs<'_>,
+    replace: bool,
+    durability: Durability,
+) -> Result<u64, iso::IsoError> {
+    let files = seed_files(inputs)
+        .map_err(|source| iso::IsoError::Contents { name: layout::MANIFEST_FILE.to_string(), source })?;
+    iso::write_iso(out, layout::VOLUME_ID, files, replace, durability)
 }
 
 /// A new instance id for a new VM: the name plus randomness, so that a VM destroyed and
@@ -143,12 +154,14 @@ mod tests {
             instance_id: "iid-1",
             host_key: None,
             agent: AgentPayload::Missing,
-        });
+        })
+        .unwrap();
         let paths: Vec<&str> = files.iter().map(|f| f.path.as_str()).collect();
         assert_eq!(paths[..2], ["meta-data", "user-data"]);
         assert!(paths.contains(&"almavmm/SHA256SUMS"));
         assert!(!paths.contains(&"almavmm/almavmm-agent"));
-        let ud = String::from_utf8(files[1].contents.clone()).unwrap();
+        let Contents::Bytes(ud) = &files[1].contents else { panic!("user-data is made in memory") };
+        let ud = String::from_utf8(ud.clone()).unwrap();
         assert!(ud.starts_with("#cloud-config\n"));
         assert!(ud.contains("almavmm-bootstrap"));
     }

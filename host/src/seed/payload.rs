@@ -1,56 +1,25 @@
 //! What the seed carries besides cloud-init's two documents: the agent (binary or source
 //! bundle), the kernel module's source, the bootstrap script, and a manifest of checksums.
 
-use std::io::Write as _;
+use std::io;
 
 use almavmm_shared::{VERSION, paths, seed};
-use sha2::{Digest, Sha256};
+use sha2::{Digest as _, Sha256};
 
-mod embedded {
-    include!(concat!(env!("OUT_DIR"), "/kmod_files.rs"));
-}
+use super::iso::Contents;
 
-/// Every shipped file of `kmod/`, as (name, contents), sorted by name.
-pub fn kmod_files() -> &'static [(&'static str, &'static [u8])] {
-    embedded::KMOD_FILES
-}
-
-/// A gzip'd tar of the module source, unpacking to `vmm_clock-VERSION/`. Built the same way
-/// every time (fixed order, owner, mode and time), so equal sources give equal bytes.
-pub fn kmod_tarball() -> Vec<u8> {
-    let top = format!("vmm_clock-{VERSION}");
-    let gz = flate2::GzBuilder::new().mtime(0).write(Vec::new(), flate2::Compression::best());
-    let mut tar = tar::Builder::new(gz);
-    tar.mode(tar::HeaderMode::Deterministic);
-    let mut dir = tar::Header::new_ustar();
-    dir.set_entry_type(tar::EntryType::Directory);
-    dir.set_mode(0o755);
-    dir.set_size(0);
-    dir.set_mtime(0);
-    dir.set_cksum();
-    tar.append_data(&mut dir, format!("{top}/"), std::io::empty()).expect("in-memory tar");
-    for (name, bytes) in kmod_files() {
-        let mut h = tar::Header::new_ustar();
-        h.set_entry_type(tar::EntryType::Regular);
-        h.set_mode(0o644);
-        h.set_size(bytes.len() as u64);
-        h.set_mtime(0);
-        h.set_cksum();
-        tar.append_data(&mut h, format!("{top}/{name}"), *bytes).expect("in-memory tar");
-    }
-    let gz = tar.into_inner().expect("in-memory tar");
-    let mut out = gz.finish().expect("in-memory gzip");
-    out.flush().expect("vec flush");
-    out
+/// The module source tarball made by build.rs (see `super::kmod_tar`).
+pub fn kmod_tarball() -> &'static [u8] {
+    include_bytes!(concat!(env!("OUT_DIR"), "/vmm_clock.tar.gz"))
 }
 
 /// The agent as the seed will carry it.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub enum AgentPayload {
     /// A static Linux binary.
-    Binary(Vec<u8>),
+    Binary(Checksummed),
     /// `agent-src.tar.gz`, built in the guest by the bootstrap.
-    SourceBundle(Vec<u8>),
+    SourceBundle(Checksummed),
     /// Nothing: the seed is still valid, but the bootstrap will stop and say so.
     Missing,
 }
@@ -69,21 +38,93 @@ pub fn bootstrap_script() -> String {
         .replace("@AGENT_BIN@", paths::AGENT_BIN)
 }
 
-/// (file name in `almavmm/`, contents, mode) for every payload file, manifest last.
-pub fn payload_files(agent: AgentPayload) -> Vec<(String, Vec<u8>, u32)> {
-    let mut files: Vec<(String, Vec<u8>, u32)> = Vec::new();
+/// A payload file with its SHA-256 under way: computed at once for bytes in memory, on its
+/// own thread for a file. Started as soon as the agent is found, hashing it overlaps with
+/// everything else a seed takes, copying the agent onto the image included.
+#[derive(Debug)]
+pub struct Checksummed {
+    contents: Contents,
+    digest: Digest,
+}
+
+impl Checksummed {
+    pub fn start(contents: Contents) -> io::Result<Checksummed> {
+        let digest = match &contents {
+            Contents::Bytes(b) => Digest::Ready(hex::encode(Sha256::digest(b))),
+            Contents::File { file, len } => {
+                let (file, len) = (file.try_clone()?, *len);
+                Digest::Pending(std::thread::spawn(move || hash_file(&file, len)))
+            }
+            Contents::Later { .. } => return Err(io::Error::other("a manifest cannot list a file made later")),
+        };
+        Ok(Checksummed { contents, digest })
+    }
+}
+
+#[derive(Debug)]
+enum Digest {
+    Ready(String),
+    Pending(std::thread::JoinHandle<io::Result<String>>),
+}
+
+impl Digest {
+    fn finish(self) -> io::Result<String> {
+        match self {
+            Digest::Ready(h) => Ok(h),
+            Digest::Pending(t) => t.join().map_err(|_| io::Error::other("the checksum thread panicked"))?,
+        }
+    }
+}
+
+/// Hash the first `len` bytes of `file` with positioned reads, leaving its offset to the
+/// copy running meanwhile.
+fn hash_file(file: &std::fs::File, len: u64) -> io::Result<String> {
+    use std::os::unix::fs::FileExt as _;
+    let mut hasher = Sha256::new();
+    // Small enough to stay in cache between the read and the hash.
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut at = 0u64;
+    while at < len {
+        let want = (len - at).min(buf.len() as u64) as usize;
+        let n = file.read_at(&mut buf[..want], at)?;
+        if n == 0 {
+            return Err(io::Error::other(format!("the file ended after {at} of {len} bytes while being checksummed")));
+        }
+        hasher.update(&buf[..n]);
+        at += n as u64;
+    }
+    Ok(hex::encode(hasher.finalize()))
+}
+
+/// (file name in `almavmm/`, contents, mode) for every payload file, manifest last. The
+/// manifest's bytes are made when its turn comes to be written: its length is known now,
+/// since every line is 64 hex digits, two spaces and a name.
+pub fn payload_files(agent: AgentPayload) -> io::Result<Vec<(String, Contents, u32)>> {
+    let mut checksummed: Vec<(String, Checksummed, u32)> = Vec::new();
     match agent {
-        AgentPayload::Binary(b) => files.push((seed::AGENT_FILE.into(), b, 0o755)),
-        AgentPayload::SourceBundle(b) => files.push((seed::AGENT_BUNDLE_FILE.into(), b, 0o644)),
+        AgentPayload::Binary(c) => checksummed.push((seed::AGENT_FILE.into(), c, 0o755)),
+        AgentPayload::SourceBundle(c) => checksummed.push((seed::AGENT_BUNDLE_FILE.into(), c, 0o644)),
         AgentPayload::Missing => {}
     }
-    files.push((seed::kmod_tarball_name(), kmod_tarball(), 0o644));
-    let entries: Vec<seed::ChecksumEntry> = files
-        .iter()
-        .map(|(name, bytes, _)| seed::ChecksumEntry { name: name.clone(), sha256: hex::encode(Sha256::digest(bytes)) })
-        .collect();
-    files.push((seed::MANIFEST_FILE.into(), seed::render_manifest(&entries).into_bytes(), 0o644));
-    files
+    checksummed.push((seed::kmod_tarball_name(), Checksummed::start(Contents::Bytes(kmod_tarball().to_vec()))?, 0o644));
+    let mut files = Vec::new();
+    let mut pending = Vec::new();
+    for (name, c, mode) in checksummed {
+        files.push((name.clone(), c.contents, mode));
+        pending.push((name, c.digest));
+    }
+    let placeholder: Vec<seed::ChecksumEntry> =
+        pending.iter().map(|(name, _)| seed::ChecksumEntry { name: name.clone(), sha256: "0".repeat(64) }).collect();
+    let len = seed::render_manifest(&placeholder).len() as u64;
+    let make = move || {
+        let mut entries = Vec::new();
+        for (name, digest) in pending {
+            entries.push(seed::ChecksumEntry { name, sha256: digest.finish()? });
+        }
+        Ok(seed::render_manifest(&entries).into_bytes())
+    };
+    files.push((seed::MANIFEST_FILE.into(), Contents::Later { len, make: Box::new(make) }, 0o644));
+    Ok(files)
 }
 
 #[cfg(test)]
@@ -112,38 +153,98 @@ mod tests {
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     }
 
-    #[test]
-    fn kmod_tarball_is_reproducible_and_holds_the_module_source() {
-        let a = kmod_tarball();
-        assert_eq!(a, kmod_tarball());
-        let mut names = Vec::new();
-        let mut ar = tar::Archive::new(flate2::read::GzDecoder::new(&a[..]));
+    /// (path, contents) of every entry of the embedded module tarball.
+    fn kmod_entries() -> Vec<(String, Vec<u8>)> {
+        let mut ar = tar::Archive::new(flate2::read::GzDecoder::new(kmod_tarball()));
+        let mut out = Vec::new();
         for e in ar.entries().unwrap() {
-            names.push(e.unwrap().path().unwrap().display().to_string());
+            let mut e = e.unwrap();
+            let path = e.path().unwrap().display().to_string();
+            let mut bytes = Vec::new();
+            io::Read::read_to_end(&mut e, &mut bytes).unwrap();
+            out.push((path, bytes));
         }
+        out
+    }
+
+    #[test]
+    fn kmod_tarball_holds_the_shipped_module_source_under_its_versioned_folder() {
+        let entries = kmod_entries();
+        let names: Vec<&str> = entries.iter().map(|(n, _)| n.as_str()).collect();
         let top = format!("vmm_clock-{VERSION}");
         assert_eq!(names[0], format!("{top}/"));
         for needed in ["Makefile", "Kbuild", "vmm_clock.c"] {
-            assert!(names.contains(&format!("{top}/{needed}")), "{needed} missing from {names:?}");
+            let path = format!("{top}/{needed}");
+            let (_, bytes) = entries.iter().find(|(n, _)| *n == path).unwrap_or_else(|| panic!("{path} missing"));
+            let source = std::fs::read(format!("{}/../kmod/{needed}", env!("CARGO_MANIFEST_DIR"))).unwrap();
+            assert_eq!(bytes, &source, "{needed} differs from kmod/{needed}");
         }
+        assert!(!names.iter().any(|n| n.ends_with(".o") || n.ends_with(".ko")), "build outputs shipped: {names:?}");
+    }
+
+    #[test]
+    fn kmod_tarball_bytes_depend_only_on_the_sources() {
+        let files = vec![("a.c".to_string(), b"int x;".to_vec()), ("Kbuild".to_string(), b"obj-m += a.o".to_vec())];
+        let a = super::super::kmod_tar::tarball("1.2.3", &files).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        assert_eq!(a, super::super::kmod_tar::tarball("1.2.3", &files).unwrap());
+        assert_ne!(a, super::super::kmod_tar::tarball("1.2.4", &files).unwrap());
+    }
+
+    fn manifest_of(files: Vec<(String, Contents, u32)>) -> (Vec<seed::ChecksumEntry>, Vec<String>) {
+        let mut files = files;
+        let (last, manifest, _) = files.pop().unwrap();
+        assert_eq!(last, seed::MANIFEST_FILE);
+        let Contents::Later { len, make } = manifest else { panic!("the manifest is made last") };
+        let bytes = make().unwrap();
+        assert_eq!(bytes.len() as u64, len, "the manifest's length is known in advance");
+        let listed = seed::parse_checksum_list(std::str::from_utf8(&bytes).unwrap()).unwrap();
+        (listed, files.into_iter().map(|(n, _, _)| n).collect())
     }
 
     #[test]
     fn manifest_covers_every_payload_file() {
-        let files = payload_files(AgentPayload::Binary(b"\x7fELF".to_vec()));
-        let (last, manifest, _) = files.last().unwrap();
-        assert_eq!(last, seed::MANIFEST_FILE);
-        let listed = seed::parse_checksum_list(std::str::from_utf8(manifest).unwrap()).unwrap();
-        assert_eq!(listed.len(), files.len() - 1);
-        for (name, bytes, _) in &files[..files.len() - 1] {
-            let e = listed.iter().find(|e| &e.name == name).unwrap();
-            assert_eq!(e.sha256, hex::encode(Sha256::digest(bytes)));
-        }
+        let agent = b"\x7fELF and the rest".to_vec();
+        let (listed, names) = manifest_of(
+            payload_files(AgentPayload::Binary(Checksummed::start(Contents::Bytes(agent.clone())).unwrap())).unwrap(),
+        );
+        assert_eq!(listed.len(), names.len());
+        let sum = |name: &str| listed.iter().find(|e| e.name == name).unwrap().sha256.clone();
+        assert_eq!(sum(seed::AGENT_FILE), hex::encode(Sha256::digest(&agent)));
+        assert_eq!(sum(&seed::kmod_tarball_name()), hex::encode(Sha256::digest(kmod_tarball())));
+    }
+
+    #[test]
+    fn an_agent_read_from_a_file_is_hashed_in_full() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("agent");
+        // Longer than one read buffer, not a multiple of it.
+        let agent: Vec<u8> = (0..700_001u32).map(|i| (i * 7 % 256) as u8).collect();
+        std::fs::write(&p, &agent).unwrap();
+        let agent_file = Checksummed::start(Contents::open(&p).unwrap()).unwrap();
+        let files = payload_files(AgentPayload::Binary(agent_file)).unwrap();
+        let (listed, _) = manifest_of(files);
+        let e = listed.iter().find(|e| e.name == seed::AGENT_FILE).unwrap();
+        assert_eq!(e.sha256, hex::encode(Sha256::digest(&agent)));
+    }
+
+    #[test]
+    fn an_agent_that_shrinks_while_hashed_fails_the_manifest() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("agent");
+        std::fs::write(&p, vec![1u8; 10_000]).unwrap();
+        let contents = Contents::open(&p).unwrap();
+        std::fs::write(&p, b"tiny").unwrap();
+        let mut files = payload_files(AgentPayload::Binary(Checksummed::start(contents).unwrap())).unwrap();
+        let Contents::Later { make, .. } = files.pop().unwrap().1 else { panic!() };
+        let err = make().unwrap_err();
+        assert!(err.to_string().contains("ended after 4 of 10000 bytes"), "{err}");
     }
 
     #[test]
     fn module_version_is_the_workspace_version() {
-        let (_, src) = kmod_files().iter().find(|(n, _)| *n == "vmm_clock.c").expect("vmm_clock.c is shipped");
+        let entries = kmod_entries();
+        let (_, src) = entries.iter().find(|(n, _)| n.ends_with("/vmm_clock.c")).expect("vmm_clock.c is shipped");
         let src = std::str::from_utf8(src).unwrap();
         let versions: Vec<&str> =
             src.lines().filter_map(|l| l.trim().strip_prefix("MODULE_VERSION(\"")?.strip_suffix("\");")).collect();

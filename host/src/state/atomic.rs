@@ -9,12 +9,29 @@ use std::path::Path;
 /// renamed over the target. `mode` is applied before any byte is written, so secrets are
 /// never readable by others even briefly.
 pub fn write_file(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
-    write_with(path, mode, |f| f.write_all(contents))
+    write_with(path, mode, Durability::Synced, |f| f.write_all(contents))
+}
+
+/// Whether the new contents must be on disk before the rename makes them visible.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// State we depend on later (VM records, pins, disks): synced, so a power cut leaves
+    /// the old file or the new one, never an empty one.
+    Synced,
+    /// An artifact handed to the user, like any compiler's or mkisofs's output: still
+    /// all-or-nothing for readers and on failure, but the kernel writes it back in its own
+    /// time; a power cut right after may leave it empty, and the command is simply re-run.
+    Unsynced,
 }
 
 /// Like [`write_file`], for contents produced by a writer function. If `fill` fails, the
 /// temporary file is removed and the target is untouched.
-pub fn write_with(path: &Path, mode: u32, fill: impl FnOnce(&mut fs::File) -> io::Result<()>) -> io::Result<()> {
+pub fn write_with(
+    path: &Path,
+    mode: u32,
+    durability: Durability,
+    fill: impl FnOnce(&mut fs::File) -> io::Result<()>,
+) -> io::Result<()> {
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let mut tmp = tempfile::Builder::new()
@@ -23,7 +40,9 @@ pub fn write_with(path: &Path, mode: u32, fill: impl FnOnce(&mut fs::File) -> io
         .permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))
         .tempfile_in(dir)?;
     fill(tmp.as_file_mut())?;
-    tmp.as_file().sync_all()?;
+    if durability == Durability::Synced {
+        tmp.as_file().sync_all()?;
+    }
     tmp.persist(path).map_err(|e| e.error)?;
     Ok(())
 }
@@ -64,7 +83,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("vm.yaml");
         fs::write(&p, "old").unwrap();
-        let err = write_with(&p, 0o644, |_| Err(io::Error::other("boom"))).unwrap_err();
+        let err = write_with(&p, 0o644, Durability::Synced, |_| Err(io::Error::other("boom"))).unwrap_err();
         assert_eq!(err.to_string(), "boom");
         assert_eq!(fs::read_to_string(&p).unwrap(), "old");
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
