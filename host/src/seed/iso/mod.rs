@@ -61,7 +61,9 @@ impl Contents {
 
     /// Write the bytes to `out`; an error if they are not `len()` bytes (a file that
     /// changed size since it was opened).
-    fn write_to(self, out: &mut File) -> io::Result<()> {
+    /// `flush_early`: the image must reach the disk before we are done anyway, so start
+    /// that before waiting on late bytes (see [`start_writeback`]).
+    fn write_to(self, out: &mut File, flush_early: bool) -> io::Result<()> {
         let expected = self.len();
         let written = match self {
             Contents::Bytes(b) => {
@@ -74,7 +76,9 @@ impl Contents {
                 io::copy(&mut (&file).take(len), out)?
             }
             Contents::Later { make, .. } => {
-                start_writeback(out);
+                if flush_early {
+                    start_writeback(out);
+                }
                 let b = make()?;
                 out.write_all(&b)?;
                 b.len() as u64
@@ -146,6 +150,10 @@ pub fn write_iso(
     }
     let size = u64::from(plan.sectors) * SECTOR as u64;
     let mut failed = None;
+    // Synced, or renamed over an old image: ext4 (auto_da_alloc, on by default) writes a
+    // file back when it replaces another, and we would wait for it at the rename. Into a
+    // new name, unsynced, writing back is the kernel's business, in its own time.
+    let flush_early = durability == Durability::Synced || out.exists();
     let result = atomic::write_with(out, 0o600, durability, |image| {
         image.write_all(&plan.header)?;
         let mut at = plan.header.len() as u64;
@@ -153,7 +161,7 @@ pub fn write_iso(
             let start = u64::from(extent) * SECTOR as u64;
             zeros(image, start - at)?;
             at = start + f.contents.len();
-            f.contents.write_to(image).map_err(|e| {
+            f.contents.write_to(image, flush_early).map_err(|e| {
                 failed = Some(IsoError::Contents { name: f.path, source: e });
                 io::Error::other("contents")
             })?;
@@ -167,9 +175,8 @@ pub fn write_iso(
     }
 }
 
-/// Ask the kernel to start writing `file` back now, without waiting. The late bytes are
-/// waiting on checksums running beside us; meanwhile the disk can take what is written, work
-/// that the rename (ext4 flushes a file renamed over another) or fsync would do later.
+/// Ask the kernel to start writing `file` back now, without waiting: the late bytes wait
+/// on checksums running beside us, and meanwhile the disk can take what is written.
 #[cfg(target_os = "linux")]
 fn start_writeback(file: &File) {
     use std::os::fd::AsRawFd as _;
