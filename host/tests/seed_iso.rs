@@ -225,6 +225,23 @@ fn existing_output_needs_force() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("no agent given"));
 }
 
+/// A seed that cannot be written (here: its path is a folder) leaves the pin as it was:
+/// the old one back in place, or none at all.
+#[test]
+fn a_failed_seed_leaves_the_pin_as_it_was() {
+    let f = Fixture::new();
+    fs::create_dir(f.path("seed.iso")).unwrap();
+    let args = ["alma", "--ssh-key", "id_ed25519.pub", "-o", "seed.iso", "--force"];
+    let out = f.seed(&args);
+    assert!(!out.status.success());
+    assert!(!f.path("seed.known_hosts").exists(), "{:?}", f.files());
+    fs::write(f.path("seed.known_hosts"), "old pin\n").unwrap();
+    assert!(!f.seed(&args).status.success());
+    assert_eq!(fs::read_to_string(f.path("seed.known_hosts")).unwrap(), "old pin\n");
+    let leftovers: Vec<String> = f.files().into_iter().filter(|n| n.ends_with(".tmp")).collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
 #[test]
 fn isovfy_finds_no_structural_errors() {
     let f = Fixture::new();

@@ -85,14 +85,23 @@ pub fn run(args: SeedArgs) -> anyhow::Result<u8> {
     // Both files are the user's artifacts, written the way mkisofs writes its output (see
     // Durability). A power cut that keeps the ISO but empties the pin fails safe: ssh with
     // StrictHostKeyChecking=yes refuses an unknown key.
-    let size = seed::write_seed(&args.output, inputs, args.force, Durability::Unsynced)?;
+    // The pin first, as `up` does, so no seed is ever without its pin; it costs nothing,
+    // since the seed's writing waits on the agent's checksum anyway.
+    let pin = |bytes: &[u8]| atomic::write_with(&known_hosts_path, 0o600, Durability::Unsynced, |f| f.write_all(bytes));
+    let old_pin = if args.force { std::fs::read(&known_hosts_path).ok() } else { None };
     let line = keys::known_hosts_line(args.name.as_str(), &host_key.public_openssh);
-    if let Err(e) = atomic::write_with(&known_hosts_path, 0o600, Durability::Unsynced, |f| f.write_all(line.as_bytes()))
-    {
-        // Without its pin the seed is worse than useless: it would invite trust on first use.
-        let _ = std::fs::remove_file(&args.output);
-        return Err(e).with_context(|| format!("cannot write {}", known_hosts_path.display()));
-    }
+    pin(line.as_bytes()).with_context(|| format!("cannot write {}", known_hosts_path.display()))?;
+    let size = match seed::write_seed(&args.output, inputs, args.force, Durability::Unsynced) {
+        Ok(size) => size,
+        Err(e) => {
+            // The old seed, if any, is untouched: leave its pin as it was too.
+            let _ = match old_pin {
+                Some(old) => pin(&old),
+                None => std::fs::remove_file(&known_hosts_path),
+            };
+            return Err(e.into());
+        }
+    };
 
     eprintln!(
         "wrote {} ({}, volume CIDATA): user {}, hostname {hostname}, instance {instance_id}",
