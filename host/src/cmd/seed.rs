@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use clap::Args;
 
-use crate::seed::iso::Contents;
 use crate::seed::{self, AgentPayload, Checksummed, SeedInputs};
 use crate::ssh::keys;
 use crate::state::atomic::{self, Durability};
@@ -56,7 +55,7 @@ pub struct SeedArgs {
 pub fn run(args: SeedArgs) -> anyhow::Result<u8> {
     // The agent first: checksumming it then runs beside everything below.
     let agent = match &args.agent {
-        Some(p) => AgentPayload::Binary(Checksummed::start(open_agent(p)?)?),
+        Some(p) => AgentPayload::Binary(Checksummed::file(open_agent(p)?)?),
         None => AgentPayload::Missing,
     };
     let hostname = args.hostname.clone().unwrap_or_else(|| seed::default_hostname(args.name.as_str()));
@@ -83,10 +82,10 @@ pub fn run(args: SeedArgs) -> anyhow::Result<u8> {
         agent,
     };
     // Both files are the user's artifacts, written the way mkisofs writes its output (see
-    // Durability). A power cut that keeps the ISO but empties the pin fails safe: ssh with
-    // StrictHostKeyChecking=yes refuses an unknown key.
-    // The pin first, as `up` does, so no seed is ever without its pin; it costs nothing,
-    // since the seed's writing waits on the agent's checksum anyway.
+    // Durability); a power cut that keeps the ISO but empties the pin fails safe, as ssh
+    // with StrictHostKeyChecking=yes refuses an unknown key. The pin goes first, as in
+    // `up`, so no seed is ever without its pin; that costs nothing, since writing the seed
+    // waits on the agent's checksum anyway.
     let pin = |bytes: &[u8]| atomic::write_with(&known_hosts_path, 0o600, Durability::Unsynced, |f| f.write_all(bytes));
     let old_pin = if args.force { std::fs::read(&known_hosts_path).ok() } else { None };
     let line = keys::known_hosts_line(args.name.as_str(), &host_key.public_openssh);
@@ -125,14 +124,13 @@ pub fn run(args: SeedArgs) -> anyhow::Result<u8> {
 }
 
 /// Open the agent to be copied onto the seed, after checking it is an ELF file at all.
-fn open_agent(path: &Path) -> anyhow::Result<Contents> {
+fn open_agent(path: &Path) -> anyhow::Result<std::fs::File> {
     let cannot = || format!("cannot read the agent binary {}", path.display());
-    let contents = Contents::open(path).with_context(cannot)?;
-    let Contents::File { file, .. } = &contents else { unreachable!("Contents::open gives a file") };
+    let file = std::fs::File::open(path).with_context(cannot)?;
     let mut magic = [0u8; 4];
     let n = file.read_at(&mut magic, 0).with_context(cannot)?;
     if n < 4 || magic != *b"\x7fELF" {
         bail!("{} is not an ELF binary; --agent wants the static Linux build of almavmm-agent", path.display());
     }
-    Ok(contents)
+    Ok(file)
 }

@@ -15,7 +15,6 @@ use serde::Serialize;
 use crate::agent::{bundle, locate, remote};
 use crate::backend::{self, Backend, Endpoint, RunState};
 use crate::image::{self, ImageSource, Trust};
-use crate::seed::iso::Contents;
 use crate::seed::{self, AgentPayload, Checksummed, SeedInputs};
 use crate::ssh::client::{self, Target};
 use crate::ssh::keys;
@@ -534,12 +533,12 @@ pub(crate) fn agent_payload(home: &Home, explicit: Option<&Path>) -> anyhow::Res
         locate::candidates(explicit, std::env::var_os("ALMAVMM_AGENT").map(PathBuf::from), exe.as_deref(), home.root());
     if let Some((found, bytes)) = locate::find(&cands)? {
         let desc = format!("agent from {} ({})", found.from, found.path.display());
-        return Ok((AgentPayload::Binary(Checksummed::start(Contents::Bytes(bytes))?), desc));
+        return Ok((AgentPayload::Binary(Checksummed::bytes(bytes)), desc));
     }
     for p in locate::bundle_candidates(exe.as_deref(), home.root()) {
         if let Ok(bytes) = std::fs::read(&p) {
             return Ok((
-                AgentPayload::SourceBundle(Checksummed::start(Contents::Bytes(bytes))?),
+                AgentPayload::SourceBundle(Checksummed::bytes(bytes)),
                 format!("agent source bundle {} (built in the guest)", p.display()),
             ));
         }
@@ -560,7 +559,7 @@ pub(crate) fn agent_payload(home: &Home, explicit: Option<&Path>) -> anyhow::Res
     }
     let bytes = std::fs::read(&out)?;
     Ok((
-        AgentPayload::SourceBundle(Checksummed::start(Contents::Bytes(bytes))?),
+        AgentPayload::SourceBundle(Checksummed::bytes(bytes)),
         format!("agent source bundle made from {} (built in the guest)", tree.display()),
     ))
 }

@@ -32,8 +32,8 @@ pub struct SeedInputs<'a> {
 }
 
 /// The files of the seed, in the order they are written.
-pub fn seed_files(inputs: SeedInputs<'_>) -> std::io::Result<Vec<IsoFile>> {
-    let payload = payload::payload_files(inputs.agent)?;
+pub fn seed_files(inputs: SeedInputs<'_>) -> Vec<IsoFile> {
+    let payload = payload::payload_files(inputs.agent);
     let script = payload::bootstrap_script();
     let user_data = CloudConfig::new(&GuestConfig {
         user: inputs.user,
@@ -52,7 +52,7 @@ pub fn seed_files(inputs: SeedInputs<'_>) -> std::io::Result<Vec<IsoFile>> {
     for (name, contents, mode) in payload {
         files.push(IsoFile { path: format!("{}/{name}", layout::PAYLOAD_DIR), contents, mode });
     }
-    Ok(files)
+    files
 }
 
 /// Write the seed ISO to `out` atomically (mode 0600); returns its size.
@@ -62,9 +62,7 @@ pub fn write_seed(
     replace: bool,
     durability: Durability,
 ) -> Result<u64, iso::IsoError> {
-    let files = seed_files(inputs)
-        .map_err(|source| iso::IsoError::Contents { name: layout::MANIFEST_FILE.to_string(), source })?;
-    iso::write_iso(out, layout::VOLUME_ID, files, replace, durability)
+    iso::write_iso(out, layout::VOLUME_ID, seed_files(inputs), replace, durability)
 }
 
 /// A new instance id for a new VM: the name plus randomness, so that a VM destroyed and
@@ -154,8 +152,7 @@ mod tests {
             instance_id: "iid-1",
             host_key: None,
             agent: AgentPayload::Missing,
-        })
-        .unwrap();
+        });
         let paths: Vec<&str> = files.iter().map(|f| f.path.as_str()).collect();
         assert_eq!(paths[..2], ["meta-data", "user-data"]);
         assert!(paths.contains(&"almavmm/SHA256SUMS"));

@@ -48,16 +48,17 @@ pub struct Checksummed {
 }
 
 impl Checksummed {
-    pub fn start(contents: Contents) -> io::Result<Checksummed> {
-        let digest = match &contents {
-            Contents::Bytes(b) => Digest::Ready(hex::encode(Sha256::digest(b))),
-            Contents::File { file, len } => {
-                let (file, len) = (file.try_clone()?, *len);
-                Digest::Pending(std::thread::spawn(move || hash_file(&file, len)))
-            }
-            Contents::Later { .. } => return Err(io::Error::other("a manifest cannot list a file made later")),
-        };
-        Ok(Checksummed { contents, digest })
+    pub fn bytes(b: Vec<u8>) -> Checksummed {
+        let digest = Digest::Ready(hex::encode(Sha256::digest(&b)));
+        Checksummed { contents: Contents::Bytes(b), digest }
+    }
+
+    /// An open file, copied onto the seed from its start; its size is taken now.
+    pub fn file(file: std::fs::File) -> io::Result<Checksummed> {
+        let len = file.metadata()?.len();
+        let reader = file.try_clone()?;
+        let digest = Digest::Pending(std::thread::spawn(move || hash_file(&reader, len)));
+        Ok(Checksummed { contents: Contents::File { file, len }, digest })
     }
 }
 
@@ -99,14 +100,14 @@ fn hash_file(file: &std::fs::File, len: u64) -> io::Result<String> {
 /// (file name in `almavmm/`, contents, mode) for every payload file, manifest last. The
 /// manifest's bytes are made when its turn comes to be written: its length is known now,
 /// since every line is 64 hex digits, two spaces and a name.
-pub fn payload_files(agent: AgentPayload) -> io::Result<Vec<(String, Contents, u32)>> {
+pub fn payload_files(agent: AgentPayload) -> Vec<(String, Contents, u32)> {
     let mut checksummed: Vec<(String, Checksummed, u32)> = Vec::new();
     match agent {
         AgentPayload::Binary(c) => checksummed.push((seed::AGENT_FILE.into(), c, 0o755)),
         AgentPayload::SourceBundle(c) => checksummed.push((seed::AGENT_BUNDLE_FILE.into(), c, 0o644)),
         AgentPayload::Missing => {}
     }
-    checksummed.push((seed::kmod_tarball_name(), Checksummed::start(Contents::Bytes(kmod_tarball().to_vec()))?, 0o644));
+    checksummed.push((seed::kmod_tarball_name(), Checksummed::bytes(kmod_tarball().to_vec()), 0o644));
     let mut files = Vec::new();
     let mut pending = Vec::new();
     for (name, c, mode) in checksummed {
@@ -124,7 +125,7 @@ pub fn payload_files(agent: AgentPayload) -> io::Result<Vec<(String, Contents, u
         Ok(seed::render_manifest(&entries).into_bytes())
     };
     files.push((seed::MANIFEST_FILE.into(), Contents::Later { len, make: Box::new(make) }, 0o644));
-    Ok(files)
+    files
 }
 
 #[cfg(test)]
@@ -205,9 +206,7 @@ mod tests {
     #[test]
     fn manifest_covers_every_payload_file() {
         let agent = b"\x7fELF and the rest".to_vec();
-        let (listed, names) = manifest_of(
-            payload_files(AgentPayload::Binary(Checksummed::start(Contents::Bytes(agent.clone())).unwrap())).unwrap(),
-        );
+        let (listed, names) = manifest_of(payload_files(AgentPayload::Binary(Checksummed::bytes(agent.clone()))));
         assert_eq!(listed.len(), names.len());
         let sum = |name: &str| listed.iter().find(|e| e.name == name).unwrap().sha256.clone();
         assert_eq!(sum(seed::AGENT_FILE), hex::encode(Sha256::digest(&agent)));
@@ -221,8 +220,8 @@ mod tests {
         // Longer than one read buffer, not a multiple of it.
         let agent: Vec<u8> = (0..700_001u32).map(|i| (i * 7 % 256) as u8).collect();
         std::fs::write(&p, &agent).unwrap();
-        let agent_file = Checksummed::start(Contents::open(&p).unwrap()).unwrap();
-        let files = payload_files(AgentPayload::Binary(agent_file)).unwrap();
+        let agent_file = Checksummed::file(std::fs::File::open(&p).unwrap()).unwrap();
+        let files = payload_files(AgentPayload::Binary(agent_file));
         let (listed, _) = manifest_of(files);
         let e = listed.iter().find(|e| e.name == seed::AGENT_FILE).unwrap();
         assert_eq!(e.sha256, hex::encode(Sha256::digest(&agent)));
@@ -233,9 +232,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("agent");
         std::fs::write(&p, vec![1u8; 10_000]).unwrap();
-        let contents = Contents::open(&p).unwrap();
+        // Its size as `Checksummed::file` took it, then shrunk before the hash reads it.
+        let file = std::fs::File::open(&p).unwrap();
         std::fs::write(&p, b"tiny").unwrap();
-        let mut files = payload_files(AgentPayload::Binary(Checksummed::start(contents).unwrap())).unwrap();
+        let reader = file.try_clone().unwrap();
+        let digest = Digest::Pending(std::thread::spawn(move || hash_file(&reader, 10_000)));
+        let agent_file = Checksummed { contents: Contents::File { file, len: 10_000 }, digest };
+        let mut files = payload_files(AgentPayload::Binary(agent_file));
         let Contents::Later { make, .. } = files.pop().unwrap().1 else { panic!() };
         let err = make().unwrap_err();
         assert!(err.to_string().contains("ended after 4 of 10000 bytes"), "{err}");
