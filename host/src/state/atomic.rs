@@ -3,7 +3,7 @@
 
 use std::fs;
 use std::io::{self, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Write `contents` to `path` through a temporary file in the same folder, synced and then
 /// renamed over the target. `mode` is applied before any byte is written, so secrets are
@@ -32,6 +32,33 @@ pub fn write_with(
     durability: Durability,
     fill: impl FnOnce(&mut fs::File) -> io::Result<()>,
 ) -> io::Result<()> {
+    stage_with(path, mode, durability, fill)?.commit()
+}
+
+/// A file written in full beside its target, not yet in its place: for a caller that puts
+/// something else in place first (a seed's pin before the seed). Dropped uncommitted, it
+/// is removed and the target stays as it was.
+#[derive(Debug)]
+pub struct Staged {
+    tmp: tempfile::NamedTempFile,
+    path: PathBuf,
+}
+
+impl Staged {
+    /// Rename it over the target.
+    pub fn commit(self) -> io::Result<()> {
+        self.tmp.persist(&self.path).map_err(|e| e.error)?;
+        Ok(())
+    }
+}
+
+/// The first half of [`write_with`]: the temporary file, filled (and synced if asked).
+pub fn stage_with(
+    path: &Path,
+    mode: u32,
+    durability: Durability,
+    fill: impl FnOnce(&mut fs::File) -> io::Result<()>,
+) -> io::Result<Staged> {
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let mut tmp = tempfile::Builder::new()
@@ -43,8 +70,7 @@ pub fn write_with(
     if durability == Durability::Synced {
         tmp.as_file().sync_all()?;
     }
-    tmp.persist(path).map_err(|e| e.error)?;
-    Ok(())
+    Ok(Staged { tmp, path: path.to_path_buf() })
 }
 
 /// Like [`write_file`], but fails with `AlreadyExists` instead of replacing an existing file.
@@ -86,6 +112,21 @@ mod tests {
         let err = write_with(&p, 0o644, Durability::Synced, |_| Err(io::Error::other("boom"))).unwrap_err();
         assert_eq!(err.to_string(), "boom");
         assert_eq!(fs::read_to_string(&p).unwrap(), "old");
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn a_staged_file_shows_only_once_committed_and_leaves_nothing_if_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("seed.iso");
+        fs::write(&p, "old").unwrap();
+        let staged = stage_with(&p, 0o600, Durability::Unsynced, |f| f.write_all(b"new")).unwrap();
+        assert_eq!(fs::read_to_string(&p).unwrap(), "old");
+        drop(staged);
+        assert_eq!(fs::read_to_string(&p).unwrap(), "old");
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+        stage_with(&p, 0o600, Durability::Unsynced, |f| f.write_all(b"new")).unwrap().commit().unwrap();
+        assert_eq!(fs::read_to_string(&p).unwrap(), "new");
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 
