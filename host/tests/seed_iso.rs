@@ -105,6 +105,41 @@ fn xorriso_reads_back_every_file_byte_for_byte() {
     assert!(md.contains("instance-id: iid-almavmm-alma-") && md.contains("local-hostname: alma"), "{md}");
 }
 
+/// An agent of several megabytes, copied in many chunks while it is checksummed, onto a
+/// seed that replaces an older one (the path that starts writeback early): every byte
+/// arrives, and the manifest vouches for exactly those bytes.
+#[test]
+fn a_large_agent_replacing_an_old_seed_arrives_intact_and_vouched_for() {
+    let f = Fixture::new();
+    good_seed(&f);
+    let mut agent = b"\x7fELF".to_vec();
+    let mut x: u32 = 0x1234_5678;
+    while agent.len() < 3 * 1024 * 1024 + 123 {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        agent.push(x as u8);
+    }
+    fs::write(f.path("big-agent"), &agent).unwrap();
+    let out = f.seed(&["alma", "--ssh-key", "id_ed25519.pub", "--agent", "big-agent", "-o", "seed.iso", "--force"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let root = f.path("extracted");
+    run_ok(
+        Command::new("xorriso")
+            .args(["-osirrox", "on", "-indev"])
+            .arg(f.path("seed.iso"))
+            .args(["-extract", "/"])
+            .arg(&root),
+    );
+    assert!(fs::read(root.join("almavmm/almavmm-agent")).unwrap() == agent, "the agent on the seed differs");
+    let check = Command::new("sha256sum")
+        .args(["-c", "--strict", "SHA256SUMS"])
+        .current_dir(root.join("almavmm"))
+        .output()
+        .unwrap();
+    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stdout));
+}
+
 fn collect(root: &Path, dir: &Path, out: &mut Vec<String>) {
     for e in fs::read_dir(dir).unwrap() {
         let p = e.unwrap().path();
@@ -238,6 +273,22 @@ fn a_failed_seed_leaves_the_pin_as_it_was() {
     fs::write(f.path("seed.known_hosts"), "old pin\n").unwrap();
     assert!(!f.seed(&args).status.success());
     assert_eq!(fs::read_to_string(f.path("seed.known_hosts")).unwrap(), "old pin\n");
+    let leftovers: Vec<String> = f.files().into_iter().filter(|n| n.ends_with(".tmp")).collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+/// The pin is written while the image is; if the pin cannot be written (here: its path
+/// is a folder), the old seed stays as it was and no temporary image is left.
+#[test]
+fn a_pin_that_cannot_be_written_leaves_the_old_seed() {
+    let f = Fixture::new();
+    fs::write(f.path("seed.iso"), "old seed").unwrap();
+    fs::create_dir(f.path("seed.known_hosts")).unwrap();
+    let out = f.seed(&["alma", "--ssh-key", "id_ed25519.pub", "--agent", "almavmm-agent", "-o", "seed.iso", "--force"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot write") && err.contains("seed.known_hosts"), "{err}");
+    assert_eq!(fs::read_to_string(f.path("seed.iso")).unwrap(), "old seed");
     let leftovers: Vec<String> = f.files().into_iter().filter(|n| n.ends_with(".tmp")).collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }

@@ -53,7 +53,7 @@ pub struct SeedArgs {
 }
 
 pub fn run(args: SeedArgs) -> anyhow::Result<u8> {
-    // The agent first: checksumming it then runs beside everything below.
+    // The agent first, so a wrong --agent is refused before anything else is done.
     let agent = match &args.agent {
         Some(p) => AgentPayload::Binary(Checksummed::file(open_agent(p)?)?),
         None => AgentPayload::Missing,
@@ -83,14 +83,26 @@ pub fn run(args: SeedArgs) -> anyhow::Result<u8> {
     };
     // Both files are the user's artifacts, written the way mkisofs writes its output (see
     // Durability); a power cut that keeps the ISO but empties the pin fails safe, as ssh
-    // with StrictHostKeyChecking=yes refuses an unknown key. The pin goes first, as in
-    // `up`, so no seed is ever without its pin; that costs nothing, since writing the seed
-    // waits on the agent's checksum anyway.
+    // with StrictHostKeyChecking=yes refuses an unknown key. The pin is in place before the
+    // seed, as in `up`, so no seed is ever without its pin. It is written while the image
+    // is: replacing a file can wait on the disk (freed blocks are discarded on a `discard`
+    // mount), and the image need not wait with it.
     let pin = |bytes: &[u8]| atomic::write_with(&known_hosts_path, 0o600, Durability::Unsynced, |f| f.write_all(bytes));
     let old_pin = if args.force { std::fs::read(&known_hosts_path).ok() } else { None };
     let line = keys::known_hosts_line(args.name.as_str(), &host_key.public_openssh);
-    pin(line.as_bytes()).with_context(|| format!("cannot write {}", known_hosts_path.display()))?;
-    let size = match seed::write_seed(&args.output, inputs, args.force, Durability::Unsynced) {
+    let (staged, pinned) = std::thread::scope(|s| {
+        let pinning = s.spawn(|| pin(line.as_bytes()));
+        let staged = seed::stage_seed(&args.output, inputs, args.force, Durability::Unsynced);
+        (staged, pinning.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+    });
+    // A failed pin leaves the old one; the staged image, dropped, leaves nothing.
+    pinned.with_context(|| format!("cannot write {}", known_hosts_path.display()))?;
+    let size = match staged.and_then(|(image, size)| {
+        image
+            .commit()
+            .map_err(|source| seed::iso::IsoError::Write { path: args.output.display().to_string(), source })?;
+        Ok(size)
+    }) {
         Ok(size) => size,
         Err(e) => {
             // The old seed, if any, is untouched: leave its pin as it was too.
@@ -102,24 +114,25 @@ pub fn run(args: SeedArgs) -> anyhow::Result<u8> {
         }
     };
 
-    eprintln!(
-        "wrote {} ({}, volume CIDATA): user {}, hostname {hostname}, instance {instance_id}",
+    // One report, written at once: stderr is unbuffered, and a line per write would reach
+    // whoever reads it in pieces.
+    let mut report = format!(
+        "wrote {} ({}, volume CIDATA): user {}, hostname {hostname}, instance {instance_id}\n",
         args.output.display(),
         ui::human_bytes(size),
         args.user
     );
-    eprintln!("pinned the guest's host key in {} under the name {}", known_hosts_path.display(), args.name);
+    report += &format!("pinned the guest's host key in {} under the name {}\n", known_hosts_path.display(), args.name);
     if args.agent.is_none() {
-        eprintln!(
-            "warning: no agent given (--agent PATH): the guest will boot and accept SSH, but its bootstrap stops before setup"
-        );
+        report += "warning: no agent given (--agent PATH): the guest will boot and accept SSH, but its bootstrap stops before setup\n";
     }
-    eprintln!(
-        "connect once it has booted: ssh -o StrictHostKeyChecking=yes -o UserKnownHostsFile={} -o HostKeyAlias={} {}@ADDRESS",
+    report += &format!(
+        "connect once it has booted: ssh -o StrictHostKeyChecking=yes -o UserKnownHostsFile={} -o HostKeyAlias={} {}@ADDRESS\n",
         known_hosts_path.display(),
         args.name,
         args.user
     );
+    eprint!("{report}");
     Ok(crate::exit::OK)
 }
 

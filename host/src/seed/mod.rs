@@ -12,7 +12,7 @@ use std::path::Path;
 use almavmm_shared::seed as layout;
 
 use crate::ssh::keys::{AuthorizedKey, HostKeyPair};
-use crate::state::atomic::Durability;
+use crate::state::atomic::{Durability, Staged};
 use cloud_config::{CloudConfig, GuestConfig, MetaData};
 use iso::{Contents, IsoFile};
 pub use payload::{AgentPayload, Checksummed};
@@ -63,6 +63,16 @@ pub fn write_seed(
     durability: Durability,
 ) -> Result<u64, iso::IsoError> {
     iso::write_iso(out, layout::VOLUME_ID, seed_files(inputs), replace, durability)
+}
+
+/// [`write_seed`] up to the rename, for a caller that puts the seed's pin in place first.
+pub fn stage_seed(
+    out: &Path,
+    inputs: SeedInputs<'_>,
+    replace: bool,
+    durability: Durability,
+) -> Result<(Staged, u64), iso::IsoError> {
+    iso::stage_iso(out, layout::VOLUME_ID, seed_files(inputs), replace, durability)
 }
 
 /// A new instance id for a new VM: the name plus randomness, so that a VM destroyed and

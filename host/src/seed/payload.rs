@@ -6,7 +6,7 @@ use std::io;
 use almavmm_shared::{VERSION, paths, seed};
 use sha2::{Digest as _, Sha256};
 
-use super::iso::Contents;
+use super::iso::{Contents, tee};
 
 /// The module source tarball made by build.rs (see `super::kmod_tar`).
 pub fn kmod_tarball() -> &'static [u8] {
@@ -38,9 +38,11 @@ pub fn bootstrap_script() -> String {
         .replace("@AGENT_BIN@", paths::AGENT_BIN)
 }
 
-/// A payload file with its SHA-256 under way: computed at once for bytes in memory, on its
-/// own thread for a file. Started as soon as the agent is found, hashing it overlaps with
-/// everything else a seed takes, copying the agent onto the image included.
+/// A payload file with its SHA-256: computed at once for bytes in memory; for a file,
+/// on its own thread from the very chunks that are copied onto the image (see
+/// `iso::tee`), so the manifest lists exactly what the seed holds and the file is read
+/// once. Such a checksum is complete only once its file has been written, which is why
+/// the manifest comes after every file it lists.
 #[derive(Debug)]
 pub struct Checksummed {
     contents: Contents,
@@ -56,9 +58,16 @@ impl Checksummed {
     /// An open file, copied onto the seed from its start; its size is taken now.
     pub fn file(file: std::fs::File) -> io::Result<Checksummed> {
         let len = file.metadata()?.len();
-        let reader = file.try_clone()?;
-        let digest = Digest::Pending(std::thread::spawn(move || hash_file(&reader, len)));
-        Ok(Checksummed { contents: Contents::File { file, len }, digest })
+        let (tee, chunks) = tee();
+        let digest = Digest::Pending(std::thread::spawn(move || {
+            let mut hasher = Sha256::new();
+            let seen = chunks.for_each(|chunk| hasher.update(chunk));
+            if seen != len {
+                return Err(io::Error::other(format!("only {seen} of its {len} bytes were copied")));
+            }
+            Ok(hex::encode(hasher.finalize()))
+        }));
+        Ok(Checksummed { contents: Contents::File { file, len, tee: Some(tee) }, digest })
     }
 }
 
@@ -75,26 +84,6 @@ impl Digest {
             Digest::Pending(t) => t.join().map_err(|_| io::Error::other("the checksum thread panicked"))?,
         }
     }
-}
-
-/// Hash the first `len` bytes of `file` with positioned reads, leaving its offset to the
-/// copy running meanwhile.
-fn hash_file(file: &std::fs::File, len: u64) -> io::Result<String> {
-    use std::os::unix::fs::FileExt as _;
-    let mut hasher = Sha256::new();
-    // Small enough to stay in cache between the read and the hash.
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut at = 0u64;
-    while at < len {
-        let want = (len - at).min(buf.len() as u64) as usize;
-        let n = file.read_at(&mut buf[..want], at)?;
-        if n == 0 {
-            return Err(io::Error::other(format!("the file ended after {at} of {len} bytes while being checksummed")));
-        }
-        hasher.update(&buf[..n]);
-        at += n as u64;
-    }
-    Ok(hex::encode(hasher.finalize()))
 }
 
 /// (file name in `almavmm/`, contents, mode) for every payload file, manifest last. The
@@ -213,35 +202,42 @@ mod tests {
         assert_eq!(sum(&seed::kmod_tarball_name()), hex::encode(Sha256::digest(kmod_tarball())));
     }
 
-    #[test]
-    fn an_agent_read_from_a_file_is_hashed_in_full() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("agent");
-        // Longer than one read buffer, not a multiple of it.
-        let agent: Vec<u8> = (0..700_001u32).map(|i| (i * 7 % 256) as u8).collect();
-        std::fs::write(&p, &agent).unwrap();
-        let agent_file = Checksummed::file(std::fs::File::open(&p).unwrap()).unwrap();
-        let files = payload_files(AgentPayload::Binary(agent_file));
-        let (listed, _) = manifest_of(files);
-        let e = listed.iter().find(|e| e.name == seed::AGENT_FILE).unwrap();
-        assert_eq!(e.sha256, hex::encode(Sha256::digest(&agent)));
+    /// Write the payload onto an image as the seed does; the image's bytes, or the error.
+    fn write_payload(agent: Checksummed, dir: &std::path::Path) -> Result<Vec<u8>, super::super::iso::IsoError> {
+        use super::super::iso::{IsoFile, write_iso};
+        let files = payload_files(AgentPayload::Binary(agent))
+            .into_iter()
+            .map(|(name, contents, mode)| IsoFile { path: format!("almavmm/{name}"), contents, mode })
+            .collect();
+        let out = dir.join("seed.iso");
+        write_iso(&out, "CIDATA", files, false, crate::state::atomic::Durability::Unsynced)?;
+        Ok(std::fs::read(out).unwrap())
     }
 
     #[test]
-    fn an_agent_that_shrinks_while_hashed_fails_the_manifest() {
+    fn an_agent_read_from_a_file_is_on_the_image_and_in_the_manifest_in_full() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("agent");
+        // Several copy chunks long, and not a multiple of one.
+        let agent: Vec<u8> = (0..700_001u32).map(|i| (i * 7 % 256) as u8).collect();
+        std::fs::write(&p, &agent).unwrap();
+        let image = write_payload(Checksummed::file(std::fs::File::open(&p).unwrap()).unwrap(), dir.path()).unwrap();
+        let line = format!("{}  {}\n", hex::encode(Sha256::digest(&agent)), seed::AGENT_FILE);
+        assert!(image.windows(line.len()).any(|w| w == line.as_bytes()), "manifest line {line:?} missing");
+        assert!(image.windows(agent.len()).any(|w| w == agent), "the agent's bytes are not on the image");
+    }
+
+    #[test]
+    fn an_agent_that_shrinks_before_it_is_copied_fails_the_seed_and_leaves_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("agent");
         std::fs::write(&p, vec![1u8; 10_000]).unwrap();
-        // Its size as `Checksummed::file` took it, then shrunk before the hash reads it.
-        let file = std::fs::File::open(&p).unwrap();
+        // Its size as `Checksummed::file` took it, then shrunk before the copy.
+        let agent = Checksummed::file(std::fs::File::open(&p).unwrap()).unwrap();
         std::fs::write(&p, b"tiny").unwrap();
-        let reader = file.try_clone().unwrap();
-        let digest = Digest::Pending(std::thread::spawn(move || hash_file(&reader, 10_000)));
-        let agent_file = Checksummed { contents: Contents::File { file, len: 10_000 }, digest };
-        let mut files = payload_files(AgentPayload::Binary(agent_file));
-        let Contents::Later { make, .. } = files.pop().unwrap().1 else { panic!() };
-        let err = make().unwrap_err();
-        assert!(err.to_string().contains("ended after 4 of 10000 bytes"), "{err}");
+        let err = write_payload(agent, dir.path()).unwrap_err();
+        assert!(err.to_string().contains(seed::AGENT_FILE) && err.to_string().contains("10000"), "{err}");
+        assert!(!dir.path().join("seed.iso").exists());
     }
 
     #[test]

@@ -5,20 +5,22 @@
 //! most one folder deep, so the whole format fits in three small modules: `names` (the
 //! three names of a file), `records` (byte encodings) and `layout` (where things go). It
 //! replaced hadris-iso 2.5 because that crate wants every file's bytes in memory before it
-//! starts, while a seed's bulk is the agent, which is better copied file to file by the
-//! kernel (`copy_file_range` on Linux, through `std::io::copy`) while its checksum is
-//! computed beside it. The output is checked against xorriso, isoinfo, isovfy, blkid and the
-//! guest's kernel and cloud-init (this crate's tests and the end-to-end test).
+//! starts, while a seed's bulk is the agent, which is better streamed from its file, chunk
+//! by chunk, to the image and to its checksum at once (`tee`). The output is checked
+//! against xorriso, isoinfo, isovfy, blkid and the guest's kernel and cloud-init (this
+//! crate's tests and the end-to-end test).
 
 mod layout;
 mod names;
 mod records;
+mod tee;
 
 use std::fs::File;
 use std::io::{self, Read as _, Seek as _, Write as _};
 use std::path::Path;
 
 pub use names::check_name;
+pub use tee::{Chunks, Tee, tee};
 
 use crate::state::atomic::{self, Durability};
 use layout::FileSpec;
@@ -28,9 +30,12 @@ use records::{SECTOR, Stamp};
 pub enum Contents {
     Bytes(Vec<u8>),
     /// An open file, copied from its start at write time; `len` is its size when opened.
+    /// With a `tee`, each chunk also goes to the thread at its other end (a checksum), and
+    /// the copy runs through our buffers; without, the kernel copies file to file.
     File {
         file: File,
         len: u64,
+        tee: Option<Tee>,
     },
     /// Bytes known only once the files before it are written (a manifest whose checksums
     /// are computed meanwhile): their length now, the bytes when their turn comes.
@@ -45,7 +50,7 @@ impl Contents {
     pub fn open(path: &Path) -> io::Result<Contents> {
         let file = File::open(path)?;
         let len = file.metadata()?.len();
-        Ok(Contents::File { file, len })
+        Ok(Contents::File { file, len, tee: None })
     }
 
     pub fn len(&self) -> u64 {
@@ -61,24 +66,28 @@ impl Contents {
 
     /// Write the bytes to `out`; an error if they are not `len()` bytes (a file that
     /// changed size since it was opened).
-    /// `flush_early`: the image must reach the disk before we are done anyway, so start
-    /// that before waiting on late bytes (see [`start_writeback`]).
-    fn write_to(self, out: &mut File, flush_early: bool) -> io::Result<()> {
+    fn write_to(self, out: &mut Image<'_>) -> io::Result<()> {
         let expected = self.len();
         let written = match self {
             Contents::Bytes(b) => {
                 out.write_all(&b)?;
                 b.len() as u64
             }
-            Contents::File { file, len } => {
-                (&file).seek(io::SeekFrom::Start(0))?;
-                // File to file: the kernel copies (copy_file_range) where it can.
-                io::copy(&mut (&file).take(len), out)?
+            Contents::File { mut file, len, tee } => {
+                file.seek(io::SeekFrom::Start(0))?;
+                match tee {
+                    Some(tee) => tee.copy(&mut file, len, out)?,
+                    None => {
+                        // File to file: the kernel copies (copy_file_range) where it can.
+                        let n = io::copy(&mut (&file).take(len), out.file)?;
+                        out.wrote(n);
+                        n
+                    }
+                }
             }
             Contents::Later { make, .. } => {
-                if flush_early {
-                    start_writeback(out);
-                }
+                // The late bytes may wait on a checksum: let the disk take the rest meanwhile.
+                out.start_writeback();
                 let b = make()?;
                 out.write_all(&b)?;
                 b.len() as u64
@@ -142,6 +151,19 @@ pub fn write_iso(
     replace: bool,
     durability: Durability,
 ) -> Result<u64, IsoError> {
+    let (staged, size) = stage_iso(out, volume_id, files, replace, durability)?;
+    staged.commit().map_err(|source| IsoError::Write { path: out.display().to_string(), source })?;
+    Ok(size)
+}
+
+/// [`write_iso`] up to the rename: the image complete beside `out`, and its size.
+pub fn stage_iso(
+    out: &Path,
+    volume_id: &str,
+    files: Vec<IsoFile>,
+    replace: bool,
+    durability: Durability,
+) -> Result<(atomic::Staged, u64), IsoError> {
     let specs: Vec<FileSpec<'_>> =
         files.iter().map(|f| FileSpec { path: &f.path, len: f.contents.len(), mode: f.mode }).collect();
     let plan = layout::plan(&specs, volume_id, &Stamp::from_unix(unix_now()))?;
@@ -150,47 +172,115 @@ pub fn write_iso(
     }
     let size = u64::from(plan.sectors) * SECTOR as u64;
     let mut failed = None;
-    // Synced, or renamed over an old image: ext4 (auto_da_alloc, on by default) writes a
-    // file back when it replaces another, and we would wait for it at the rename. Into a
-    // new name, unsynced, writing back is the kernel's business, in its own time.
-    let flush_early = durability == Durability::Synced || out.exists();
-    let result = atomic::write_with(out, 0o600, durability, |image| {
+    let early_writeback = durability == Durability::Synced || out.exists();
+    let result = atomic::stage_with(out, 0o600, durability, |file| {
+        reserve(file, size)?;
+        let mut image = Image { file, early_writeback, written: 0, flushed: 0 };
         image.write_all(&plan.header)?;
-        let mut at = plan.header.len() as u64;
         for (f, &extent) in files.into_iter().zip(&plan.extents) {
             let start = u64::from(extent) * SECTOR as u64;
-            zeros(image, start - at)?;
-            at = start + f.contents.len();
-            f.contents.write_to(image, flush_early).map_err(|e| {
+            let gap = start - image.written;
+            zeros(&mut image, gap)?;
+            f.contents.write_to(&mut image).map_err(|e| {
                 failed = Some(IsoError::Contents { name: f.path, source: e });
                 io::Error::other("contents")
             })?;
         }
-        zeros(image, size - at)
+        let tail = size - image.written;
+        zeros(&mut image, tail)
     });
     match (result, failed) {
-        (Ok(()), _) => Ok(size),
+        (Ok(staged), _) => Ok((staged, size)),
         (Err(_), Some(e)) => Err(e),
         (Err(source), None) => Err(IsoError::Write { path: out.display().to_string(), source }),
     }
 }
 
-/// Ask the kernel to start writing `file` back now, without waiting: the late bytes wait
-/// on checksums running beside us, and meanwhile the disk can take what is written.
+/// The image file as it is written, front to back.
+///
+/// When its bytes must reach the disk before we are done anyway, writing them back starts
+/// as soon as each step of them is written, so the disk works while we copy: synced, or
+/// renamed over an old image, which ext4 (auto_da_alloc, on by default) writes back at the
+/// rename, where freeing the old image's blocks (a discard, on a `discard` mount) then
+/// queues behind all of it. Into a new name, unsynced, writeback is the kernel's business.
+struct Image<'a> {
+    file: &'a mut File,
+    early_writeback: bool,
+    written: u64,
+    flushed: u64,
+}
+
+/// Five short system calls for a 5 MiB seed; measured against one writeback at the end,
+/// the rename that follows waits about a millisecond less.
+const WRITEBACK_STEP: u64 = 1 << 20;
+
+impl Image<'_> {
+    fn wrote(&mut self, n: u64) {
+        self.written += n;
+        if self.written - self.flushed >= WRITEBACK_STEP {
+            self.start_writeback();
+        }
+    }
+
+    fn start_writeback(&mut self) {
+        if self.early_writeback && self.written > self.flushed {
+            start_writeback(self.file, self.flushed, self.written - self.flushed);
+            self.flushed = self.written;
+        }
+    }
+}
+
+impl io::Write for Image<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.wrote(n as u64);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
+/// Allocate the image's blocks before writing it (we know its size): a full disk fails
+/// here rather than after megabytes are written, and the writes that follow land in
+/// blocks already there instead of being allocated page by page (measured: about 0.5 ms
+/// less CPU per 5 MiB seed on ext4). Where the file system cannot, nothing is lost.
 #[cfg(target_os = "linux")]
-fn start_writeback(file: &File) {
+fn reserve(file: &File, len: u64) -> io::Result<()> {
     use std::os::fd::AsRawFd as _;
-    // SAFETY: a plain syscall on a descriptor we own, with no pointers; its result is only
-    // advice taken or not, so an error is ignored.
-    unsafe {
-        libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
+    // SAFETY: a plain syscall on a descriptor we own, with no pointers.
+    let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len as libc::off_t) };
+    if rc == 0 {
+        return Ok(());
+    }
+    let err = io::Error::last_os_error();
+    match err.raw_os_error() {
+        Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) => Ok(()),
+        _ => Err(err),
     }
 }
 
 #[cfg(not(target_os = "linux"))]
-fn start_writeback(_file: &File) {}
+fn reserve(_file: &File, _len: u64) -> io::Result<()> {
+    Ok(())
+}
 
-fn zeros(out: &mut File, n: u64) -> io::Result<()> {
+/// Ask the kernel to start writing a range of `file` back now, without waiting for it.
+#[cfg(target_os = "linux")]
+fn start_writeback(file: &File, offset: u64, len: u64) {
+    use std::os::fd::AsRawFd as _;
+    // SAFETY: a plain syscall on a descriptor we own, with no pointers; its result is only
+    // advice taken or not, so an error is ignored.
+    unsafe {
+        libc::sync_file_range(file.as_raw_fd(), offset as i64, len as i64, libc::SYNC_FILE_RANGE_WRITE);
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn start_writeback(_file: &File, _offset: u64, _len: u64) {}
+
+fn zeros(out: &mut Image<'_>, n: u64) -> io::Result<()> {
     const PAD: [u8; SECTOR] = [0; SECTOR];
     let mut left = n;
     while left > 0 {
