@@ -127,3 +127,47 @@ fn a_private_key_is_refused_for_up_too() {
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("holds a private key; pass the public half"), "{}", stderr(&o));
 }
+
+/// `stop` (like `start`) run while another command holds the guest, as an ssh-proxy does
+/// while it stops the guest after its last session: it says so, waits for the holder to
+/// let go, then does its work.
+#[test]
+fn stop_waits_for_a_command_that_holds_the_guest() {
+    use almavmm_host::state::spec::{BackendKind, ImageSpec, ImageTrust, VmSpec};
+    use almavmm_host::state::{size::ByteSize, vm::VmLock};
+
+    let e = Env::new();
+    let dir = e.home().join("vms/alma");
+    std::fs::create_dir_all(&dir).unwrap();
+    let spec = VmSpec {
+        name: "alma".parse().unwrap(),
+        backend: BackendKind::Qemu,
+        memory: ByteSize::gib(1),
+        cpus: 1,
+        disk_size: ByteSize::gib(10),
+        image: ImageSpec {
+            url: "http://127.0.0.1/a.qcow2".into(),
+            checksum_url: None,
+            trust: ImageTrust::InsecureSkipVerify,
+            sha256: None,
+        },
+        user: "almalinux".into(),
+        hostname: "alma".into(),
+        ssh_key: e.key_pub().into(),
+        instance_id: "iid-almavmm-alma-00".into(),
+    };
+    spec.save(&dir.join("vm.yaml")).unwrap();
+    let held = VmLock::acquire(&dir.join("lock"), "alma").unwrap();
+    let release = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        drop(held);
+    });
+    let o = e.run(&["stop", "alma"]);
+    release.join().unwrap();
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    let waiting =
+        format!("another almavmm-host command (pid {}) is working on alma; waiting up to", std::process::id());
+    assert!(err.contains(&waiting), "{err}");
+    assert!(err.contains("alma is not running"), "{err}");
+}

@@ -530,19 +530,9 @@ fn proxy(w: &World) -> anyhow::Result<()> {
 
     // Started by hand: the proxy never stops it. The reaper that stopped the guest may
     // still hold its lock for a moment after the state reads `stopped` (it logs and
-    // cleans up last); `start` says so and refuses, so give it that moment.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (code, _, stderr) = w.host_quiet(&["start", GUEST])?;
-        if code == Some(0) {
-            break;
-        }
-        ensure!(
-            stderr.contains("another almavmm-host command is working") && Instant::now() < deadline,
-            "almavmm-host start {GUEST} failed ({code:?}): {stderr}"
-        );
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    // cleans up last); `start` waits for it.
+    let (code, _, stderr) = w.host_quiet(&["start", GUEST])?;
+    ensure!(code == Some(0), "almavmm-host start {GUEST} failed ({code:?}): {stderr}");
     let out = ssh_via_proxy(w, "0", None, "true").output()?;
     ensure!(out.status.success(), "ssh to a hand-started guest: {out:?}");
     std::thread::sleep(Duration::from_secs(8));

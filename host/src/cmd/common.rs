@@ -6,6 +6,11 @@ use crate::state::home::Home;
 use crate::state::name::VmName;
 use crate::state::vm::Vm;
 
+/// How long `start` and `stop` wait for another command that holds the guest: enough for
+/// an ssh-proxy's idle stop, whose clean power-off may take its whole 120 s timeout before
+/// the forced one.
+pub const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(150);
+
 /// An existing guest, ready to act on.
 pub struct Guest {
     pub home: Home,

@@ -22,7 +22,7 @@ pub struct StartArgs {
 
 pub fn run(args: StartArgs) -> anyhow::Result<u8> {
     let g = common::open(&args.name)?;
-    let _lock = g.vm.lock()?;
+    let _lock = g.vm.lock_waiting(common::LOCK_WAIT)?;
     if g.vm.state().provisioned_instance.as_deref() != Some(g.vm.spec.instance_id.as_str()) {
         bail!("{} was never brought up completely; run `almavmm-host up {}`", g.vm.name, g.vm.name);
     }

@@ -20,7 +20,7 @@ pub struct StopArgs {
 
 pub fn run(args: StopArgs) -> anyhow::Result<u8> {
     let g = common::open(&args.name)?;
-    let _lock = g.vm.lock()?;
+    let _lock = g.vm.lock_waiting(common::LOCK_WAIT)?;
     stop(&g, Duration::from_secs(args.timeout))?;
     Ok(crate::exit::OK)
 }

@@ -126,6 +126,24 @@ impl Vm {
     pub fn lock(&self) -> Result<VmLock, LockError> {
         VmLock::acquire(&self.lock_path(), self.name.as_str())
     }
+
+    /// Take the guest's lock for a command a person runs: if another command holds it (an
+    /// ssh-proxy stopping the guest after its last session, say), say so once and wait up
+    /// to `limit` for it to finish, then fail naming it.
+    pub fn lock_waiting(&self, limit: std::time::Duration) -> Result<VmLock, LockError> {
+        match self.lock() {
+            Err(LockError::Busy { holder, .. }) => {
+                let pid = holder.map(|p| format!(" (pid {p})")).unwrap_or_default();
+                eprintln!(
+                    "another almavmm-host command{pid} is working on {}; waiting up to {} s for it to finish",
+                    self.name,
+                    limit.as_secs()
+                );
+                VmLock::acquire_wait(&self.lock_path(), self.name.as_str(), limit)
+            }
+            other => other,
+        }
+    }
 }
 
 /// Held while a command changes a guest; released on drop.
@@ -202,6 +220,21 @@ mod tests {
         assert!(err.to_string().starts_with("another almavmm-host command is working on alma (pid "), "{err}");
         drop(held);
         VmLock::acquire(&p, "alma").unwrap();
+    }
+
+    #[test]
+    fn a_waiting_lock_gets_the_guest_once_the_holder_lets_go_and_gives_up_otherwise() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("lock");
+        let held = VmLock::acquire(&p, "alma").unwrap();
+        let err = VmLock::acquire_wait(&p, "alma", std::time::Duration::from_millis(200)).unwrap_err();
+        assert!(matches!(err, LockError::Busy { .. }), "{err}");
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            drop(held);
+        });
+        VmLock::acquire_wait(&p, "alma", std::time::Duration::from_secs(30)).unwrap();
+        release.join().unwrap();
     }
 
     #[test]
