@@ -20,7 +20,8 @@ pub enum Durability {
     Synced,
     /// An artifact handed to the user, like any compiler's or mkisofs's output: still
     /// all-or-nothing for readers and on failure, but the kernel writes it back in its own
-    /// time; a power cut right after may leave it empty, and the command is simply re-run.
+    /// time; a power cut right after may leave it empty (or zero-filled, where its blocks
+    /// were reserved first), and the command is simply re-run.
     Unsynced,
 }
 

@@ -172,7 +172,7 @@ pub fn stage_iso(
     }
     let size = u64::from(plan.sectors) * SECTOR as u64;
     let mut failed = None;
-    let early_writeback = durability == Durability::Synced || out.exists();
+    let early_writeback = durability == Durability::Synced;
     let result = atomic::stage_with(out, 0o600, durability, |file| {
         reserve(file, size)?;
         let mut image = Image { file, early_writeback, written: 0, flushed: 0 };
@@ -198,11 +198,14 @@ pub fn stage_iso(
 
 /// The image file as it is written, front to back.
 ///
-/// When its bytes must reach the disk before we are done anyway, writing them back starts
-/// as soon as each step of them is written, so the disk works while we copy: synced, or
-/// renamed over an old image, which ext4 (auto_da_alloc, on by default) writes back at the
-/// rename, where freeing the old image's blocks (a discard, on a `discard` mount) then
-/// queues behind all of it. Into a new name, unsynced, writeback is the kernel's business.
+/// A synced image must reach the disk before we are done, so writing it back starts as soon
+/// as each step of it is written, and the disk works while we copy. An unsynced one is the
+/// kernel's to write back in its own time: its blocks are reserved up front (see
+/// [`reserve`]), so ext4 has no delayed allocation to flush when it is renamed over an old
+/// image (auto_da_alloc), and that rename, where the old image's blocks are freed (and
+/// discarded, on a `discard` mount), does not queue behind our data on its way to the disk.
+/// Measured on a 5 MiB seed replacing its predecessor: 5.6 ms against 7.4 ms when writing
+/// back early.
 struct Image<'a> {
     file: &'a mut File,
     early_writeback: bool,
@@ -211,7 +214,7 @@ struct Image<'a> {
 }
 
 /// Five short system calls for a 5 MiB seed; measured against one writeback at the end,
-/// the rename that follows waits about a millisecond less.
+/// the sync that follows waits about a millisecond less.
 const WRITEBACK_STEP: u64 = 1 << 20;
 
 impl Image<'_> {
@@ -245,7 +248,8 @@ impl io::Write for Image<'_> {
 /// Allocate the image's blocks before writing it (we know its size): a full disk fails
 /// here rather than after megabytes are written, and the writes that follow land in
 /// blocks already there instead of being allocated page by page (measured: about 0.5 ms
-/// less CPU per 5 MiB seed on ext4). Where the file system cannot, nothing is lost.
+/// less CPU per 5 MiB seed on ext4, and see [`Image`]). Where the file system cannot,
+/// nothing is lost.
 #[cfg(target_os = "linux")]
 fn reserve(file: &File, len: u64) -> io::Result<()> {
     use std::os::fd::AsRawFd as _;
