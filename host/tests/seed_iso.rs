@@ -93,12 +93,7 @@ fn xorriso_reads_back_every_file_byte_for_byte() {
     assert_eq!(found, payload_names());
     // The agent arrives intact, and the manifest vouches for every payload file.
     assert_eq!(fs::read(out.join("almavmm/almavmm-agent")).unwrap(), fs::read(f.path("almavmm-agent")).unwrap());
-    let check = Command::new("sha256sum")
-        .args(["-c", "--strict", "SHA256SUMS"])
-        .current_dir(out.join("almavmm"))
-        .output()
-        .unwrap();
-    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stdout));
+    assert_manifest_holds(&out);
     let ud = fs::read_to_string(out.join("user-data")).unwrap();
     assert!(ud.starts_with("#cloud-config\n"));
     let md = fs::read_to_string(out.join("meta-data")).unwrap();
@@ -132,9 +127,14 @@ fn a_large_agent_replacing_an_old_seed_arrives_intact_and_vouched_for() {
             .arg(&root),
     );
     assert!(fs::read(root.join("almavmm/almavmm-agent")).unwrap() == agent, "the agent on the seed differs");
+    assert_manifest_holds(&root);
+}
+
+/// `sha256sum -c` in the extracted payload folder: the manifest vouches for every file.
+fn assert_manifest_holds(extracted: &Path) {
     let check = Command::new("sha256sum")
         .args(["-c", "--strict", "SHA256SUMS"])
-        .current_dir(root.join("almavmm"))
+        .current_dir(extracted.join("almavmm"))
         .output()
         .unwrap();
     assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stdout));
