@@ -42,6 +42,11 @@ impl Fixture {
             .expect("run almavmm-host")
     }
 
+    /// Temporary files (`.NAME.XXXXXX.tmp`) in the folder: a failed write must leave none.
+    fn temp_files(&self) -> Vec<String> {
+        self.files().into_iter().filter(|n| n.ends_with(".tmp")).collect()
+    }
+
     fn files(&self) -> Vec<String> {
         let mut v: Vec<String> =
             fs::read_dir(self.dir.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
@@ -273,8 +278,7 @@ fn a_failed_seed_leaves_the_pin_as_it_was() {
     fs::write(f.path("seed.known_hosts"), "old pin\n").unwrap();
     assert!(!f.seed(&args).status.success());
     assert_eq!(fs::read_to_string(f.path("seed.known_hosts")).unwrap(), "old pin\n");
-    let leftovers: Vec<String> = f.files().into_iter().filter(|n| n.ends_with(".tmp")).collect();
-    assert!(leftovers.is_empty(), "{leftovers:?}");
+    assert_eq!(f.temp_files(), Vec::<String>::new(), "temporary files left behind");
 }
 
 /// The pin is written while the image is; if the pin cannot be written (here: its path
@@ -289,8 +293,7 @@ fn a_pin_that_cannot_be_written_leaves_the_old_seed() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("cannot write") && err.contains("seed.known_hosts"), "{err}");
     assert_eq!(fs::read_to_string(f.path("seed.iso")).unwrap(), "old seed");
-    let leftovers: Vec<String> = f.files().into_iter().filter(|n| n.ends_with(".tmp")).collect();
-    assert!(leftovers.is_empty(), "{leftovers:?}");
+    assert_eq!(f.temp_files(), Vec::<String>::new(), "temporary files left behind");
 }
 
 #[test]

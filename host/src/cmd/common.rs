@@ -7,9 +7,10 @@ use crate::state::name::VmName;
 use crate::state::vm::Vm;
 
 /// How long `start` and `stop` wait for another command that holds the guest: enough for
-/// an ssh-proxy's idle stop, whose clean power-off may take its whole 120 s timeout before
-/// the forced one.
-pub const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(150);
+/// an ssh-proxy's idle stop, whose clean power-off may take its whole timeout, and the
+/// forced one after it.
+pub const LOCK_WAIT: std::time::Duration =
+    std::time::Duration::from_secs(super::ssh_proxy::IDLE_STOP_TIMEOUT.as_secs() + 30);
 
 /// An existing guest, ready to act on.
 pub struct Guest {

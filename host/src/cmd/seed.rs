@@ -97,12 +97,7 @@ pub fn run(args: SeedArgs) -> anyhow::Result<u8> {
     });
     // A failed pin leaves the old one; the staged image, dropped, leaves nothing.
     pinned.with_context(|| format!("cannot write {}", known_hosts_path.display()))?;
-    let size = match staged.and_then(|(image, size)| {
-        image
-            .commit()
-            .map_err(|source| seed::iso::IsoError::Write { path: args.output.display().to_string(), source })?;
-        Ok(size)
-    }) {
+    let size = match staged.and_then(|image| image.commit()) {
         Ok(size) => size,
         Err(e) => {
             // The old seed, if any, is untouched: leave its pin as it was too.

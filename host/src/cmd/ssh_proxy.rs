@@ -198,6 +198,9 @@ pub fn reap(args: ReaperArgs) -> anyhow::Result<u8> {
     }
 }
 
+/// How long an idle stop waits for a clean power-off before forcing it.
+pub const IDLE_STOP_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// Stop under the guest's lock, deciding once more inside it: a proxy may have started a
 /// session between our decision and the lock.
 fn stop_if_still_idle(home: &Home, vm: &Vm, idle_secs: u64) -> anyhow::Result<u8> {
@@ -213,7 +216,7 @@ fn stop_if_still_idle(home: &Home, vm: &Vm, idle_secs: u64) -> anyhow::Result<u8
         common::Guest { home: home.clone(), vm: vm.clone(), backend: crate::backend::for_kind(vm.spec.backend, home)? };
     if g.backend.state(&g.vm)? == RunState::Running {
         vm.log_event("stopping: idle after the last ssh-proxy session");
-        super::stop::stop(&g, Duration::from_secs(120))?;
+        super::stop::stop(&g, IDLE_STOP_TIMEOUT)?;
     }
     Ok(crate::exit::OK)
 }

@@ -12,7 +12,7 @@ use std::path::Path;
 use almavmm_shared::seed as layout;
 
 use crate::ssh::keys::{AuthorizedKey, HostKeyPair};
-use crate::state::atomic::{Durability, Staged};
+use crate::state::atomic::Durability;
 use cloud_config::{CloudConfig, GuestConfig, MetaData};
 use iso::{Contents, IsoFile};
 pub use payload::{AgentPayload, Checksummed};
@@ -71,7 +71,7 @@ pub fn stage_seed(
     inputs: SeedInputs<'_>,
     replace: bool,
     durability: Durability,
-) -> Result<(Staged, u64), iso::IsoError> {
+) -> Result<iso::StagedIso, iso::IsoError> {
     iso::stage_iso(out, layout::VOLUME_ID, seed_files(inputs), replace, durability)
 }
 

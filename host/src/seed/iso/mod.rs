@@ -151,19 +151,34 @@ pub fn write_iso(
     replace: bool,
     durability: Durability,
 ) -> Result<u64, IsoError> {
-    let (staged, size) = stage_iso(out, volume_id, files, replace, durability)?;
-    staged.commit().map_err(|source| IsoError::Write { path: out.display().to_string(), source })?;
-    Ok(size)
+    stage_iso(out, volume_id, files, replace, durability)?.commit()
 }
 
-/// [`write_iso`] up to the rename: the image complete beside `out`, and its size.
+/// An image written in full beside its target, not yet in place (see [`stage_iso`]).
+#[derive(Debug)]
+pub struct StagedIso {
+    staged: atomic::Staged,
+    path: std::path::PathBuf,
+    size: u64,
+}
+
+impl StagedIso {
+    /// Move it into place; returns its size.
+    pub fn commit(self) -> Result<u64, IsoError> {
+        let path = self.path;
+        self.staged.commit().map_err(|source| IsoError::Write { path: path.display().to_string(), source })?;
+        Ok(self.size)
+    }
+}
+
+/// [`write_iso`] up to the rename, for a caller that puts something else in place first.
 pub fn stage_iso(
     out: &Path,
     volume_id: &str,
     files: Vec<IsoFile>,
     replace: bool,
     durability: Durability,
-) -> Result<(atomic::Staged, u64), IsoError> {
+) -> Result<StagedIso, IsoError> {
     let specs: Vec<FileSpec<'_>> =
         files.iter().map(|f| FileSpec { path: &f.path, len: f.contents.len(), mode: f.mode }).collect();
     let plan = layout::plan(&specs, volume_id, &Stamp::from_unix(unix_now()))?;
@@ -190,7 +205,7 @@ pub fn stage_iso(
         zeros(&mut image, tail)
     });
     match (result, failed) {
-        (Ok(staged), _) => Ok((staged, size)),
+        (Ok(staged), _) => Ok(StagedIso { staged, path: out.to_path_buf(), size }),
         (Err(_), Some(e)) => Err(e),
         (Err(source), None) => Err(IsoError::Write { path: out.display().to_string(), source }),
     }
