@@ -3,9 +3,10 @@
  * vmm_clock: a clocksource for Linux guests of OpenBSD vmm(4), reading the host's
  * paravirtual clock page (see README.md for what it reads and why).
  *
- * Written against the stable subset of the kernel API from 5.14 to 6.18 (checked against
- * arch/x86/include/asm/msr.h, asm/tsc.h, asm/cpuid/api.h and include/linux/clocksource.h):
- * its own CPUID scan with cpuid(); wrmsr_safe(), whose (msr, low, high) form survived the
+ * Written against the kernel API from 5.10 to 7.3, which `cargo xtask kmod` proves by
+ * building it, W=1 and warning-free, in a root per kernel with that distribution's gcc
+ * (Debian 11's 5.10, 12's 6.1, 13's 6.12 and trixie-backports' 7.3): its own CPUID scan with
+ * cpuid() (header checked by version, below); wrmsr_safe(), whose (msr, low, high) form survived the
  * 6.16 MSR rework that renamed wrmsrl() to wrmsrq() and replaced native_write_msr();
  * rdtsc_ordered(), which moved from <asm/msr.h> to <asm/tsc.h> in 6.16 (both are included);
  * and only clocksource fields present in all of them.
@@ -14,6 +15,7 @@
 #define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
 
 #include <linux/clocksource.h>
+#include <linux/cpu.h>
 #include <linux/cpuhotplug.h>
 #include <linux/err.h>
 #include <linux/fcntl.h>
@@ -21,12 +23,27 @@
 #include <linux/gfp.h>
 #include <linux/mm.h>
 #include <linux/module.h>
+#include <linux/nmi.h>
+#include <linux/notifier.h>
 #include <linux/percpu.h>
+#include <linux/reboot.h>
+#include <linux/sched.h>
 #include <linux/slab.h>
+#include <linux/smp.h>
 #include <linux/string.h>
+#include <linux/version.h>
 #include <asm/msr.h>
 #include <asm/processor.h>
 #include <asm/tsc.h>
+/*
+ * cpuid(), cpuid_eax(), cpuid_ecx(): declared in <asm/processor.h> up to 6.14; the 2025 CPUID
+ * header rework (6.15) moved them to <asm/cpuid/api.h>, which <asm/processor.h> kept
+ * including for a while but no longer does by 7.3 (it includes only <asm/cpuid/types.h>:
+ * the kernel matrix's build against Debian's 7.3.4 failed with implicit declarations).
+ */
+#if LINUX_VERSION_CODE >= KERNEL_VERSION(6, 15, 0)
+#include <asm/cpuid/api.h>
+#endif
 
 #ifndef CONFIG_X86
 #error "vmm_clock reads x86 CPUID, MSRs and the TSC: it builds for x86 only"
@@ -61,6 +78,9 @@ static DEFINE_PER_CPU(struct page *, vmm_clock_pages);
 /* This CPU's page while its MSR points at it, else NULL. Written only on that CPU. */
 static DEFINE_PER_CPU(struct vmm_clock_page *, vmm_clock_live);
 
+/* The last copy of its own page each CPU read: how a host suspend is noticed. */
+static DEFINE_PER_CPU(struct vmm_clock_cpu_state, vmm_clock_state);
+
 /*
  * The page read by a CPU whose own page is not enabled: a CPU being brought up reads the
  * clock before the hotplug callback that enables its page runs, and one going down after the
@@ -70,32 +90,105 @@ static DEFINE_PER_CPU(struct vmm_clock_page *, vmm_clock_live);
 static struct vmm_clock_page *vmm_clock_fallback;
 static unsigned int vmm_clock_fallback_cpu;
 
-/* The host promised (CPUID stable bit) that the page's stable flag can be trusted. */
-static bool vmm_clock_trust_stable;
 static vmm_clock_last_t vmm_clock_last = ATOMIC64_INIT(0);
 static int vmm_clock_hp_state;
 
+/* Set by the reboot notifier: from then on no CPU may switch its page (back) on. */
+static bool vmm_clock_shutting_down;
+
+/*
+ * Not a guard against the host refusing the write: vmm answers a bad address with #GP
+ * injected after it has advanced RIP past the WRMSR (vmm_machdep.c 1.64, vmx_handle_wrmsr:
+ * vmm_init_pvclock injects, then RIP moves on), so the fault points after the instruction,
+ * no exception-table entry matches, and the kernel oopses instead of wrmsr_safe() returning
+ * an error. The module only ever writes addresses vmm accepts (a whole page of guest RAM);
+ * wrmsr_safe() still catches a hypervisor that faults on the instruction itself.
+ */
 static int vmm_clock_msr_write(u64 val)
 {
 	return wrmsr_safe(VMM_CLOCK_MSR, (u32)val, (u32)(val >> 32));
 }
 
+/*
+ * Switch this CPU's page off by writing its address with the enable bit clear, as OpenBSD's
+ * own pvclock(4) does (sys/dev/pv/pvclock.c), not 0: vmm checks the address whatever the bit
+ * (vmm_init_pvclock: vmm_gpa_is_valid), so writing 0 works only while guest-physical 0 is
+ * memory vmm maps for the guest.
+ */
+static void vmm_clock_msr_off(struct page *page)
+{
+	vmm_clock_msr_write(page_to_phys(page) & ~(u64)VMM_CLOCK_MSR_ENABLE);
+}
+
+#ifdef CONFIG_RCU_STALL_COMMON
+/*
+ * kvmclock calls rcu_cpu_stall_reset() when the host says the guest was stopped
+ * (pvclock_touch_watchdogs, arch/x86/kernel/pvclock.c), but that is not exported to modules;
+ * rcu_cpu_stall_suppress is (EXPORT_SYMBOL_GPL in kernel/rcu/update.c or tree_stall.h, 5.10
+ * to 6.18; declared only in the private kernel/rcu/rcu.h, hence here). Stall warnings are
+ * suppressed for VMM_CLOCK_RCU_QUIET_NS of clock time after a stop, long enough for the grace
+ * period the stop interrupted to end, then restored, unless someone else changed it meanwhile.
+ */
+extern int rcu_cpu_stall_suppress;
+#define VMM_CLOCK_RCU_QUIET_NS (30ull * NSEC_PER_SEC)
+static u64 vmm_clock_rcu_quiet_until;
+
+static void vmm_clock_rcu_quiet(u64 now)
+{
+	if (READ_ONCE(rcu_cpu_stall_suppress) == 0 &&
+	    cmpxchg(&vmm_clock_rcu_quiet_until, 0, now + VMM_CLOCK_RCU_QUIET_NS) == 0)
+		WRITE_ONCE(rcu_cpu_stall_suppress, 1);
+}
+
+static void vmm_clock_rcu_unquiet(u64 now, bool force)
+{
+	u64 until = READ_ONCE(vmm_clock_rcu_quiet_until);
+
+	if (likely(!until) || (now < until && !force))
+		return;
+	if (cmpxchg(&vmm_clock_rcu_quiet_until, until, 0) == until && READ_ONCE(rcu_cpu_stall_suppress) == 1)
+		WRITE_ONCE(rcu_cpu_stall_suppress, 0);
+}
+#else
+static inline void vmm_clock_rcu_quiet(u64 now) { }
+static inline void vmm_clock_rcu_unquiet(u64 now, bool force) { }
+#endif
+
+/*
+ * The host stopped this guest (vmm never says so with PVCLOCK_GUEST_STOPPED; the read saw
+ * the host's time jump). What kvmclock does for that flag (pvclock_touch_watchdogs,
+ * arch/x86/kernel/pvclock.c, 5.10 to 6.18), with what modules may call: the soft-lockup
+ * watchdog of this CPU (each CPU notices the jump on its own page and touches its own), the
+ * hard-lockup one, the hung-task detector (a no-op stub without CONFIG_DETECT_HUNG_TASK,
+ * linux/nmi.h), and RCU's stall warnings as above. Not possible from a module:
+ * clocksource_touch_watchdog() (the clocksource watchdog may then call tsc unstable, which is
+ * harmless while vmm-clock is current).
+ */
+static void vmm_clock_touch_watchdogs(u64 now)
+{
+	touch_softlockup_watchdog();
+	touch_nmi_watchdog();
+	reset_hung_task_detector();
+	vmm_clock_rcu_quiet(now);
+}
+
 static u64 notrace vmm_clock_cs_read(struct clocksource *cs)
 {
 	const struct vmm_clock_page *p;
-	bool clamp = !vmm_clock_trust_stable;
-	u64 ns;
-	u8 flags;
+	struct vmm_clock_cpu_state *st = NULL;
+	u64 ns, stopped;
 
 	preempt_disable_notrace();
 	p = this_cpu_read(vmm_clock_live);
-	if (unlikely(!p)) {
+	if (likely(p))
+		st = this_cpu_ptr(&vmm_clock_state);
+	else
 		p = READ_ONCE(vmm_clock_fallback);
-		clamp = true;
-	}
-	ns = vmm_clock_read_page(p, &flags);
-	if (clamp || !(flags & VMM_CLOCK_FLAG_TSC_STABLE))
-		ns = vmm_clock_monotonic(&vmm_clock_last, ns);
+	ns = vmm_clock_read(p, st, &vmm_clock_last, &stopped);
+	if (unlikely(stopped > VMM_CLOCK_STOPPED_NS))
+		vmm_clock_touch_watchdogs(ns);
+	else
+		vmm_clock_rcu_unquiet(ns, false);
 	preempt_enable_notrace();
 	return ns;
 }
@@ -108,7 +201,7 @@ static void vmm_clock_cs_resume(struct clocksource *cs)
 {
 	struct page *page = this_cpu_read(vmm_clock_pages);
 
-	if (page && this_cpu_read(vmm_clock_live))
+	if (page && this_cpu_read(vmm_clock_live) && !READ_ONCE(vmm_clock_shutting_down))
 		vmm_clock_msr_write(page_to_phys(page) | VMM_CLOCK_MSR_ENABLE);
 }
 
@@ -133,6 +226,9 @@ static int vmm_clock_cpu_online(unsigned int cpu)
 
 	if (WARN_ON_ONCE(cpu != raw_smp_processor_id()))
 		return -EINVAL;
+	/* After the reboot notifier: the next kernel must not inherit a live address. */
+	if (READ_ONCE(vmm_clock_shutting_down))
+		return 0;
 	if (!page) {
 		page = alloc_pages_node(cpu_to_node(cpu), GFP_KERNEL | __GFP_ZERO, 0);
 		if (!page)
@@ -149,8 +245,8 @@ static int vmm_clock_cpu_online(unsigned int cpu)
 		return -EIO;
 	}
 	/* The host fills the page before the guest runs again; mul 0 would freeze time. */
-	if (READ_ONCE(p->tsc_to_system_mul) == 0) {
-		vmm_clock_msr_write(0);
+	if (!vmm_clock_page_filled(p)) {
+		vmm_clock_msr_off(page);
 		pr_err("CPU %u: the host left the clock page empty (tsc_to_system_mul 0: host TSC frequency unknown?)\n",
 		       cpu);
 		return -EIO;
@@ -178,7 +274,8 @@ static int vmm_clock_cpu_offline(unsigned int cpu)
 	if (!p)
 		return 0;
 	this_cpu_write(vmm_clock_live, NULL);
-	vmm_clock_msr_write(0);
+	this_cpu_ptr(&vmm_clock_state)->have_prev = false;
+	vmm_clock_msr_off(per_cpu(vmm_clock_pages, cpu));
 	if (vmm_clock_fallback == p) {
 		/* Hotplug callbacks are serialised, so the live pointers cannot move under us. */
 		for_each_online_cpu(other) {
@@ -206,6 +303,39 @@ static void vmm_clock_free_pages(void)
 		per_cpu(vmm_clock_pages, cpu) = NULL;
 	}
 }
+
+/*
+ * On each CPU from the reboot notifier: stop the host writing into this CPU's page. vmm keeps
+ * writing on every VM entry until the MSR is switched off, and the address survives a kexec
+ * into a kernel that may use that page for something else. The page stays "live" for reads:
+ * the clock keeps running from its last copy and the TSC until the machine goes down.
+ */
+static void vmm_clock_msr_off_here(void *unused)
+{
+	struct page *page = this_cpu_read(vmm_clock_pages);
+
+	if (page && this_cpu_read(vmm_clock_live))
+		vmm_clock_msr_off(page);
+}
+
+/*
+ * As kvmclock does (arch/x86/kernel/kvm.c, kvm_pv_reboot_notify, 5.10 to 6.18, and the
+ * crash/shutdown hooks of kvmclock.c). The chain runs for reboot, halt and power-off, and
+ * for kexec too: kernel_kexec() calls kernel_restart_prepare() (kernel/kexec_core.c), which
+ * calls it with SYS_RESTART. Not for a crash kexec (kdump), which runs no notifiers.
+ */
+static int vmm_clock_reboot(struct notifier_block *nb, unsigned long code, void *unused)
+{
+	WRITE_ONCE(vmm_clock_shutting_down, true);
+	cpus_read_lock();
+	on_each_cpu(vmm_clock_msr_off_here, NULL, 1);
+	cpus_read_unlock();
+	return NOTIFY_DONE;
+}
+
+static struct notifier_block vmm_clock_reboot_nb = {
+	.notifier_call = vmm_clock_reboot,
+};
 
 /* Base of the hypervisor CPUID range answering with this 12-byte signature, or 0. */
 static u32 vmm_clock_cpuid_base(const char sig[12])
@@ -289,16 +419,18 @@ static int __init vmm_clock_init(void)
 		pr_info("not under OpenBSD vmm (no OpenBSDVMM58 CPUID signature); not loading\n");
 		return -ENODEV;
 	}
+	/*
+	 * Every vmm with the clock MSR says so here: CLOCKSOURCE2 | STABLE_BIT since the pvclock
+	 * came in (2019, vmm.c 1.253; vmm_machdep.c 1.64). Without the bit, writing the MSR may
+	 * earn a #GP the kernel cannot recover from (see vmm_clock_msr_write), so not loading is
+	 * the only safe answer. The stable bit is not used: see VMM_CLOCK_FLAG_TSC_STABLE.
+	 */
 	features = cpuid_eax(base + 1);
-	if (!features) {
-		pr_info("OpenBSD vmm at CPUID 0x%x leaves its feature leaf zero (older vmm): using its clock MSR anyway, clamping reads across CPUs\n",
-			base);
-	} else if (!(features & VMM_CLOCK_FEAT_CLOCKSOURCE2)) {
+	if (!(features & VMM_CLOCK_FEAT_CLOCKSOURCE2)) {
 		pr_info("OpenBSD vmm at CPUID 0x%x does not offer its paravirtual clock (features 0x%x); not loading\n",
 			base, features);
 		return -ENODEV;
 	}
-	vmm_clock_trust_stable = features & VMM_CLOCK_FEAT_STABLE;
 
 	if (vmm_clock_kvmclock_active())
 		return -EBUSY;
@@ -312,15 +444,23 @@ static int __init vmm_clock_init(void)
 	}
 	vmm_clock_hp_state = ret;
 
-	ret = clocksource_register_hz(&vmm_clock_cs, NSEC_PER_SEC);
+	/* Before the clocksource: from here on a reboot switches the pages off. */
+	ret = register_reboot_notifier(&vmm_clock_reboot_nb);
 	if (ret) {
-		pr_err("registering the clocksource failed: %d\n", ret);
 		cpuhp_remove_state(vmm_clock_hp_state);
 		vmm_clock_free_pages();
 		return ret;
 	}
-	pr_info("vmm-clock registered on %u CPUs (OpenBSD vmm at CPUID 0x%x, host stable flag %s)\n",
-		num_online_cpus(), base, vmm_clock_trust_stable ? "trusted" : "not offered");
+	ret = clocksource_register_hz(&vmm_clock_cs, NSEC_PER_SEC);
+	if (ret) {
+		pr_err("registering the clocksource failed: %d\n", ret);
+		unregister_reboot_notifier(&vmm_clock_reboot_nb);
+		cpuhp_remove_state(vmm_clock_hp_state);
+		vmm_clock_free_pages();
+		return ret;
+	}
+	pr_info("vmm-clock registered on %u CPUs (OpenBSD vmm at CPUID 0x%x, features 0x%x; reads always clamped)\n",
+		num_online_cpus(), base, features);
 	return 0;
 }
 
@@ -335,7 +475,9 @@ static void __exit vmm_clock_exit(void)
 	int ret;
 
 	cpuhp_remove_state(vmm_clock_hp_state);
+	unregister_reboot_notifier(&vmm_clock_reboot_nb);
 	ret = clocksource_unregister(&vmm_clock_cs);
+	vmm_clock_rcu_unquiet(0, true);
 	if (ret) {
 		/* Still registered: its pages must stay. The host no longer writes them. */
 		pr_err("unregistering the clocksource failed (%d): leaking its clock pages\n", ret);

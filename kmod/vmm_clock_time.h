@@ -12,8 +12,11 @@
  * host writing concurrently.
  *
  * ABI: the KVM pvclock "vcpu time info" (Documentation/virt/kvm/x86/msr.rst,
- * MSR_KVM_SYSTEM_TIME_NEW) which OpenBSD vmm implements (sys/arch/amd64/amd64/vmm_machdep.c,
- * vmm_update_pvclock): tsc_shift 12, tsc_to_system_mul = (10^9 << 20) / TSC Hz.
+ * MSR_KVM_SYSTEM_TIME_NEW) which OpenBSD vmm implements (sys/arch/amd64/amd64/vmm_machdep.c
+ * 1.64, vmm_init_pvclock/vmm_update_pvclock): tsc_shift 12, tsc_to_system_mul =
+ * (10^9 << 20) / TSC Hz, fixed when the MSR is written; system_time from the host's
+ * nanouptime() (NTP-slewed) rewritten on every VM entry; flags = PVCLOCK_FLAG_TSC_STABLE,
+ * always; PVCLOCK_GUEST_STOPPED never.
  */
 #ifndef VMM_CLOCK_TIME_H
 #define VMM_CLOCK_TIME_H
@@ -81,8 +84,25 @@ static inline bool vmm_clock_last_cas(vmm_clock_last_t *last, u64 *seen, u64 now
 #define VMM_CLOCK_FEAT_CLOCKSOURCE2 (1u << 3)	/* MSR 0x4b564d01 */
 #define VMM_CLOCK_FEAT_STABLE (1u << 24)	/* the page's stable flag may be trusted */
 
-/* Page flag: all CPUs' pages agree, so reads need no cross-CPU clamp. */
+/*
+ * Page flag, by the ABI: all CPUs' pages agree, so a reader could skip the cross-CPU clamp
+ * (kvmclock does, arch/x86/kernel/pvclock.c). vmm sets it unconditionally (vmm_machdep.c
+ * 1.64, vmm_update_pvclock: flags = PVCLOCK_FLAG_TSC_STABLE) while the page is not even
+ * monotonic on one CPU: system_time follows the host's slewed clock, the multiplier the raw
+ * TSC rate. So vmm_clock_read() ignores it and always clamps. Should vmm one day set it only
+ * when it holds, honouring it again is one condition in vmm_clock_read().
+ */
 #define VMM_CLOCK_FLAG_TSC_STABLE (1u << 0)
+/* Page flag KVM sets after pausing the guest; vmm never does (see vmm_clock_unexplained). */
+#define VMM_CLOCK_FLAG_GUEST_STOPPED (1u << 1)
+
+/*
+ * A forward jump of the host's time that the TSC does not account for, above which the guest
+ * is taken to have been stopped (a host suspend) and the watchdogs are touched. The slew
+ * between two page updates is far below it: 5000 ppm (adjtime's fastest) over 10 minutes of
+ * tickless idle is 3 s.
+ */
+#define VMM_CLOCK_STOPPED_NS (5ull * 1000000000ull)
 
 /*
  * One CPU's clock page, as the host writes it. Every field sits at its natural alignment,
@@ -147,17 +167,24 @@ static inline u64 vmm_clock_ns(u64 tsc, u64 tsc_timestamp, u64 system_time, u32 
 	return system_time + vmm_clock_scale(delta, mul, shift);
 }
 
+/* One consistent copy of a page, and the time it gave. */
+struct vmm_clock_sample {
+	u64 ns;
+	u64 tsc_timestamp;
+	u64 system_time;
+	u32 mul;
+	s8 shift;
+	u8 flags;
+};
+
 /*
  * Read the page: take the version (waiting out an update in progress, odd), copy the fields
- * and the TSC, and start again if the version moved meanwhile. *flags gets the flags of the
- * copy that was used.
+ * and the TSC, and start again if the version moved meanwhile. *s gets the copy that was used.
  */
-static inline u64 vmm_clock_read_page(const struct vmm_clock_page *p, u8 *flags)
+static inline u64 vmm_clock_read_page(const struct vmm_clock_page *p, struct vmm_clock_sample *s)
 {
-	u64 tsc, tsc_timestamp, system_time;
-	u32 version, mul;
-	s8 shift;
-	u8 f;
+	u64 tsc;
+	u32 version;
 
 	for (;;) {
 		version = READ_ONCE(p->version);
@@ -166,23 +193,36 @@ static inline u64 vmm_clock_read_page(const struct vmm_clock_page *p, u8 *flags)
 			continue;
 		}
 		VMM_CLOCK_RMB();
-		tsc_timestamp = READ_ONCE(p->tsc_timestamp);
-		system_time = READ_ONCE(p->system_time);
-		mul = READ_ONCE(p->tsc_to_system_mul);
-		shift = READ_ONCE(p->tsc_shift);
-		f = READ_ONCE(p->flags);
+		s->tsc_timestamp = READ_ONCE(p->tsc_timestamp);
+		s->system_time = READ_ONCE(p->system_time);
+		s->mul = READ_ONCE(p->tsc_to_system_mul);
+		s->shift = READ_ONCE(p->tsc_shift);
+		s->flags = READ_ONCE(p->flags);
 		tsc = vmm_clock_rdtsc();
 		VMM_CLOCK_RMB();
 		if (READ_ONCE(p->version) == version)
 			break;
 	}
-	*flags = f;
-	return vmm_clock_ns(tsc, tsc_timestamp, system_time, mul, shift);
+	s->ns = vmm_clock_ns(tsc, s->tsc_timestamp, s->system_time, s->mul, s->shift);
+	return s->ns;
 }
 
 /*
- * Never return less than any CPU returned before: without the host's stable promise, two
- * CPUs' pages may disagree by a few ns and time must still not step back.
+ * Whether the host has filled the page: vmm writes it during the WRMSR that registers it,
+ * but leaves tsc_to_system_mul 0 when it does not know its TSC frequency (vmm_init_pvclock),
+ * and a zero multiplier would freeze the guest's clock. A page never written at all has
+ * version 0 as well.
+ */
+static inline bool vmm_clock_page_filled(const struct vmm_clock_page *p)
+{
+	return READ_ONCE(p->tsc_to_system_mul) != 0 && READ_ONCE(p->version) != 0;
+}
+
+/*
+ * Never return less than any CPU returned before. Needed even on one CPU under vmm: the
+ * multiplier is the raw TSC rate, system_time the host's NTP-slewed uptime, so just after an
+ * update the page can say less than it did just before (by up to 5000 ppm of the time since
+ * the previous update, when the host's clock slews back).
  */
 static inline u64 vmm_clock_monotonic(vmm_clock_last_t *last, u64 now)
 {
@@ -193,6 +233,57 @@ static inline u64 vmm_clock_monotonic(vmm_clock_last_t *last, u64 now)
 			return seen;
 	} while (!vmm_clock_last_cas(last, &seen, now));
 	return now;
+}
+
+/*
+ * How much further the host's time moved between two copies of one CPU's page than the TSC
+ * did: about 0 while the guest runs (the slew), the length of the sleep after a host suspend.
+ * vmm never sets PVCLOCK_GUEST_STOPPED, so this is how the guest learns it was stopped. The
+ * TSC delta is scaled with the older copy's parameters; a TSC that went back (reset by the
+ * host's suspend) counts as no time.
+ */
+static inline u64 vmm_clock_unexplained(const struct vmm_clock_sample *old, const struct vmm_clock_sample *now)
+{
+	u64 host, tsc_ns;
+
+	if (now->system_time <= old->system_time)
+		return 0;
+	host = now->system_time - old->system_time;
+	tsc_ns = now->tsc_timestamp > old->tsc_timestamp ?
+		vmm_clock_scale(now->tsc_timestamp - old->tsc_timestamp, old->mul, old->shift) : 0;
+	return host > tsc_ns ? host - tsc_ns : 0;
+}
+
+/*
+ * Per CPU: the last copy of its own page, for vmm_clock_unexplained. Written only by its
+ * CPU with preemption off; a read from an interrupt in between at worst sees the jump twice
+ * or not at all, which only decides whether the watchdogs are touched once more.
+ */
+struct vmm_clock_cpu_state {
+	struct vmm_clock_sample prev;
+	bool have_prev;
+};
+
+/*
+ * The clocksource read: the page's time, clamped so it never goes back, whatever the page's
+ * stable flag says (see VMM_CLOCK_FLAG_TSC_STABLE). With st (this CPU's own page), *stopped
+ * gets the unexplained forward jump since this CPU's previous read; a borrowed page (st NULL)
+ * says nothing about this CPU.
+ */
+static inline u64 vmm_clock_read(const struct vmm_clock_page *p, struct vmm_clock_cpu_state *st,
+				 vmm_clock_last_t *last, u64 *stopped)
+{
+	struct vmm_clock_sample s;
+
+	vmm_clock_read_page(p, &s);
+	*stopped = 0;
+	if (st) {
+		if (st->have_prev)
+			*stopped = vmm_clock_unexplained(&st->prev, &s);
+		st->prev = s;
+		st->have_prev = true;
+	}
+	return vmm_clock_monotonic(last, s.ns);
 }
 
 /*

@@ -6,10 +6,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use almavmm_agent::cli::{Cli, ClockCmd, Command, DepsArgs, KernelArg, KmodCmd};
-use almavmm_agent::distro::OsRelease;
-use almavmm_agent::kmod::{Module, running_kernel};
-use almavmm_agent::sysroot::SysRoot;
-use almavmm_agent::{clockops, health, pkg, probe, setup, watch};
+use almavmm_agent::clock::{ops, probe};
+use almavmm_agent::cmd::{health, setup, watch};
+use almavmm_agent::kmod::{Module, kernel_hook, pkg, running_kernel};
+use almavmm_agent::sys::distro::OsRelease;
+use almavmm_agent::sys::sysroot::SysRoot;
 use almavmm_shared::clock::format_offset;
 use anyhow::Context;
 use clap::Parser;
@@ -77,7 +78,7 @@ fn clock(root: &SysRoot, cmd: ClockCmd) -> anyhow::Result<ExitCode> {
         }
         ClockCmd::Set { host_ns, rtt_ns } => {
             anyhow::ensure!(rtt_ns >= 0, "--rtt-ns cannot be negative");
-            let (before, after, rtc) = clockops::host_set(root, host_ns, rtt_ns, 0)?;
+            let (before, after, rtc) = ops::host_set(root, host_ns, rtt_ns, 0)?;
             let rtc = match rtc {
                 almavmm_shared::clock::RtcWrite::Written => "RTC written".to_string(),
                 almavmm_shared::clock::RtcWrite::Failed(why) => format!("RTC not written: {why}"),
@@ -86,7 +87,7 @@ fn clock(root: &SysRoot, cmd: ClockCmd) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         ClockCmd::Check { fix } => {
-            let (line, code) = clockops::check(root, fix);
+            let (line, code) = ops::check(root, fix);
             println!("{line}");
             let _ = std::io::stdout().flush();
             Ok(ExitCode::from(code as u8))
@@ -140,7 +141,7 @@ fn kmod(root: &SysRoot, cmd: KmodCmd) -> anyhow::Result<ExitCode> {
             let kver = prepare(root, kernel_of(root, kernel)?, &deps)?;
             println!("{}", Module::new(root.clone(), kver).install()?.detail);
             if let Some(pm) = OsRelease::read(root).ok().and_then(|o| o.package_manager()) {
-                let hooks = almavmm_agent::kernel_hook::install(root, pm)?;
+                let hooks = kernel_hook::install(root, pm)?;
                 if !hooks.is_empty() {
                     println!("installed the kernel hook {}", hooks.join(", "));
                 }

@@ -27,8 +27,7 @@ fn guest_root(os_release: &str, sysfs: &str) -> tempfile::TempDir {
     };
     put("etc/os-release", &std::fs::read(fixtures().join("os-release").join(os_release)).unwrap());
     put("proc/sys/kernel/osrelease", b"6.1.0-28-cloud-amd64\n");
-    put("proc/uptime", &std::fs::read(fixtures().join("proc/uptime-here.txt")).unwrap());
-    put("proc/meminfo", &std::fs::read(fixtures().join("proc/meminfo-here.txt")).unwrap());
+    put("proc/vmstat", &std::fs::read(fixtures().join("proc/vmstat-oom.txt")).unwrap());
     put("proc/net/route", &std::fs::read(fixtures().join("net/proc-net-route-qemu.txt")).unwrap());
     put("etc/resolv.conf", b"nameserver 10.0.2.3\n");
     put("var/lib/almavmm/agent-origin", b"prebuilt\n");
@@ -64,7 +63,15 @@ fn health_json_is_a_report_the_host_accepts() {
     assert_eq!(report.network.default_route.as_deref(), Some("10.0.2.2"));
     assert_eq!(report.network.dns_servers, ["10.0.2.3"]);
     assert!(report.network.resolve.ok, "{:?}", report.network.resolve);
-    assert_eq!(report.memory.total_kib, 24_684_084);
+    // Memory, load and filesystems are sysinfo's, of the running system whatever --root
+    // says; the OOM count is read under the root.
+    assert!(report.memory.total_kib > 0);
+    assert_eq!(report.memory.oom_kills, Some(3));
+    assert_eq!(report.protocol_minor, almavmm_shared::PROTOCOL_MINOR);
+    assert!(report.load.is_some_and(|l| l.cpus >= 1));
+    assert!(report.filesystems.is_some());
+    // systemctl is not asked about another tree.
+    assert!(report.units.as_ref().is_some_and(|u| u.failed.is_empty() && u.error.is_some()));
     assert_eq!(report.agent.origin, almavmm_shared::health::AgentOrigin::Prebuilt);
     assert!(report.setup.is_none());
     // The path depends on this machine's CPU; the reason always says what was seen.
@@ -82,6 +89,9 @@ fn human_health_is_readable() {
     assert!(text.contains("distro      AlmaLinux 9.6 (Sage Margay) (kernel 6.1.0-28-cloud-amd64)"), "{text}");
     assert!(text.contains("clock path  kvm-clock:"), "{text}");
     assert!(text.contains("setup       never ran"), "{text}");
+    assert!(text.contains("swap ") && text.contains("3 OOM kills since boot"), "{text}");
+    assert!(text.contains("\nload        ") && text.contains(" CPUs\n"), "{text}");
+    assert!(text.contains("units       unknown (not asked"), "{text}");
 }
 
 #[test]

@@ -88,3 +88,16 @@ impl Command {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn fetch_help_names_the_pinned_fingerprint() {
+        let mut cli = super::Cli::command();
+        let fetch = cli.find_subcommand_mut("image").unwrap().find_subcommand_mut("fetch").unwrap();
+        let help = fetch.render_long_help().to_string();
+        assert!(help.contains(crate::image::ALMALINUX_9_FINGERPRINT), "{help}");
+    }
+}

@@ -49,6 +49,12 @@ fn invalid_names_and_sizes_are_usage_errors_that_say_why() {
     let o = e.run(&["up", "my/vm", "--ssh-key", &e.key_pub()]);
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("contains '/'"), "{}", stderr(&o));
+    // vmctl's parse_vmid (usr.sbin/vmctl/main.c) reads all-digit words as VM ids.
+    for cmd in ["up", "seed"] {
+        let o = e.run(&[cmd, "3", "--ssh-key", &e.key_pub()]);
+        assert_eq!(o.status.code(), Some(2), "{cmd}: {}", stderr(&o));
+        assert!(stderr(&o).contains("made only of digits"), "{cmd}: {}", stderr(&o));
+    }
     let o = e.run(&["up", "alma", "--memory", "lots", "--ssh-key", &e.key_pub()]);
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("\"lots\" is not a size: write a whole number with a unit"), "{}", stderr(&o));

@@ -119,6 +119,39 @@ fn an_image_vmd_can_run_is_its_own_base() {
 }
 
 #[test]
+fn a_base_with_other_clusters_than_vmctls_overlays_is_converted_to_64k() {
+    // vmd's vioqcow2.c: `vmctl create -b` writes 64 KiB clusters and qc2_open refuses a
+    // chain whose parts differ, so a 2 MiB- or 32 KiB-cluster image is no usable base.
+    let t = Setup::new();
+    let raw = t.p("src.raw");
+    raw_disk(&raw, 16 << 20, 1 << 20);
+    for cluster in ["2M", "32K"] {
+        let src = t.p(&format!("c{cluster}.qcow2"));
+        qemu_img(&[
+            "convert",
+            "-f",
+            "raw",
+            "-O",
+            "qcow2",
+            "-o",
+            &format!("cluster_size={cluster}"),
+            &s(&raw),
+            &s(&src),
+        ]);
+        let insp = image::inspect::inspect(&src).unwrap();
+        assert!(!insp.vmd.can_run, "{cluster}: {:?}", insp.vmd);
+        assert_eq!(insp.vmd.problems[0].code, image::inspect::ProblemCode::OverlayClusterSize);
+        let sha = image::sha256_file(&src).unwrap();
+        let base = image::prepare(&t.home, &src, &sha).unwrap();
+        assert!(base.converted, "{cluster}");
+        let out = image::inspect::inspect(&base.path).unwrap();
+        assert_eq!(out.qcow2.as_ref().unwrap().cluster_size, 65536);
+        assert!(out.vmd.can_run, "{:?}", out.vmd);
+        qemu_img(&["compare", &s(&src), &s(&base.path)]);
+    }
+}
+
+#[test]
 fn raw_disks_are_converted_and_other_files_refused() {
     let t = Setup::new();
     let raw = t.p("disk.img");

@@ -309,7 +309,7 @@ fn isovfy_finds_no_structural_errors() {
 #[test]
 fn many_long_names_read_back_in_every_view() {
     use almavmm_host::seed::iso::{Contents, IsoFile, write_iso};
-    use almavmm_host::state::atomic::Durability;
+    use almavmm_shared::atomic::Durability;
 
     let dir = tempfile::tempdir().unwrap();
     let mut expected = Vec::new();

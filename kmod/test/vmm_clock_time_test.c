@@ -197,18 +197,18 @@ static void finish_update_after_three(void)
 
 static void test_retry_on_odd_version(void)
 {
-	u8 flags = 0;
+	struct vmm_clock_sample smp = { .flags = 0 };
 
 	fill(&page, 7, 1, 1, 0); /* half-written garbage under an odd version */
 	tsc_source = tsc_fixed;
 	relax_hook = finish_update_after_three;
 	tsc_reads = relaxes = 0;
-	u64 ns = vmm_clock_read_page(&page, &flags);
+	u64 ns = vmm_clock_read_page(&page, &smp);
 
 	CHECK(relaxes == 3, "waited %u times for the odd version, want 3", relaxes);
 	CHECK(tsc_reads == 1, "read the TSC %u times, want 1", tsc_reads);
 	CHECK(ns == 700000 + 1000, "odd version: got %llu, want the finished update's 701000", (unsigned long long)ns);
-	CHECK(flags == VMM_CLOCK_FLAG_TSC_STABLE, "flags of the finished update");
+	CHECK(smp.flags == VMM_CLOCK_FLAG_TSC_STABLE, "flags of the finished update");
 	relax_hook = NULL;
 }
 
@@ -224,16 +224,16 @@ static u64 tsc_and_host_update_once(void)
 
 static void test_retry_on_changed_version(void)
 {
-	u8 flags = 0xff;
+	struct vmm_clock_sample smp = { .flags = 0xff };
 
 	fill(&page, 2, 9000, 700000, VMM_CLOCK_FLAG_TSC_STABLE);
 	tsc_source = tsc_and_host_update_once;
 	tsc_reads = 0;
-	u64 ns = vmm_clock_read_page(&page, &flags);
+	u64 ns = vmm_clock_read_page(&page, &smp);
 
 	CHECK(tsc_reads == 2, "read the TSC %u times, want 2 (one retry)", tsc_reads);
 	CHECK(ns == 800000 + 500, "changed version: got %llu, want the new update's 800500", (unsigned long long)ns);
-	CHECK(flags == 0, "flags must come from the copy used, got %u", flags);
+	CHECK(smp.flags == 0, "flags must come from the copy used, got %u", smp.flags);
 }
 
 static u64 tsc_now;
@@ -250,14 +250,14 @@ static void test_monotonic_clamp(void)
 	vmm_clock_last_t last = 0;
 	u64 prev_raw = 0, prev = 0;
 	bool raw_went_back = false, clamped_went_back = false;
-	u8 flags;
+	struct vmm_clock_sample smp;
 
 	fill(&cpu0, 2, 0, 1000000, 0);
 	fill(&cpu1, 2, 0, 1000000 - 50, 0);
 	tsc_source = tsc_clock;
 	for (tsc_now = 0; tsc_now < 1000; tsc_now += 20) {
 		const struct vmm_clock_page *p = (tsc_now / 20) % 2 ? &cpu1 : &cpu0;
-		u64 raw = vmm_clock_read_page(p, &flags);
+		u64 raw = vmm_clock_read_page(p, &smp);
 		u64 ns = vmm_clock_monotonic(&last, raw);
 
 		raw_went_back |= raw < prev_raw;
@@ -364,7 +364,7 @@ static void test_concurrent_writer(void)
 {
 	pthread_t writer;
 	unsigned int torn = 0, reads = 0, first;
-	u8 flags;
+	struct vmm_clock_sample smp;
 
 	fill(&torture_page, 2, 0, TORTURE_OFFSET, 0);
 	tsc_source = tsc_torture;
@@ -375,13 +375,184 @@ static void test_concurrent_writer(void)
 		__builtin_ia32_pause();
 	while (reads < TORTURE_READS ||
 	       __atomic_load_n(&torture_page.version, __ATOMIC_RELAXED) - first < 2 * TORTURE_UPDATES) {
-		torn += vmm_clock_read_page(&torture_page, &flags) != TORTURE_TSC + TORTURE_OFFSET;
+		torn += vmm_clock_read_page(&torture_page, &smp) != TORTURE_TSC + TORTURE_OFFSET;
 		reads++;
 	}
 	__atomic_store_n(&torture_done, 1, __ATOMIC_RELAXED);
 	pthread_join(writer, NULL);
 	CHECK(torn == 0, "%u of %u reads under a concurrent writer were torn", torn, reads);
 	printf("  concurrent writer: %u reads during %u updates\n", reads, (torture_page.version - first) / 2);
+}
+
+/*
+ * A simulated vmm host (vmm_machdep.c 1.64, vmm_update_pvclock): the page's multiplier is
+ * fixed from the raw TSC rate at MSR-write time, and on every VM entry system_time is
+ * rewritten from the host's nanouptime(), which an NTP/adjtime slew may run slower than the
+ * TSC, here by 5000 ppm (adjtime(2)'s fastest), and the stable flag is set regardless. The
+ * host clock is kept exactly (in ns, as a u128 fraction of TSC ticks) so the page says what
+ * vmm would.
+ */
+struct sim_host {
+	struct vmm_clock_page page;
+	u64 hz;
+	u64 tsc;		/* the guest TSC now */
+	u64 host_ns;		/* the host's nanouptime at tsc_at */
+	u64 tsc_at;
+	u64 slew_ppm_back;	/* the host clock runs this many ppm slower than the TSC */
+};
+
+static struct sim_host host;
+
+static u64 tsc_host(void)
+{
+	return host.tsc;
+}
+
+/* The host's uptime at the current TSC, slewed. */
+static u64 sim_host_now(void)
+{
+	u128 ticks = host.tsc - host.tsc_at;
+	u128 ns = ticks * 1000000000u / host.hz;
+
+	return host.host_ns + (u64)(ns - ns * host.slew_ppm_back / 1000000u);
+}
+
+/* A VM entry: vmm rewrites the page, odd version first. */
+static void sim_host_update(void)
+{
+	u64 now = sim_host_now();
+
+	host.page.version++;
+	host.page.tsc_timestamp = host.tsc;
+	host.page.system_time = now;
+	host.page.tsc_to_system_mul = vmm_mul(host.hz);
+	host.page.tsc_shift = VMM_SHIFT;
+	host.page.flags = VMM_CLOCK_FLAG_TSC_STABLE;
+	host.page.version++;
+	host.host_ns = now;
+	host.tsc_at = host.tsc;
+}
+
+static void sim_host_start(u64 hz, u64 slew_ppm_back)
+{
+	memset(&host, 0, sizeof(host));
+	host.hz = hz;
+	host.tsc = 1000000000000ull;
+	host.tsc_at = host.tsc;
+	host.host_ns = 50ull * 1000000000ull;
+	host.slew_ppm_back = slew_ppm_back;
+	tsc_source = tsc_host;
+	sim_host_update();
+}
+
+/*
+ * Fix 1: reads must never go back, although the (stable-flagged) page does just after each
+ * update. One CPU, reads every 100 us, a VM entry every 1 to 7 ms.
+ */
+static void test_slewing_host_never_goes_back(void)
+{
+	struct vmm_clock_cpu_state st = { .have_prev = false };
+	vmm_clock_last_t last = 0;
+	u64 prev = 0, prev_raw = 0, stopped;
+	unsigned int back = 0, raw_back = 0, i;
+
+	sim_host_start(2500000000ull, 5000);
+	for (i = 0; i < 200000; i++) {
+		struct vmm_clock_sample smp;
+		u64 raw, ns;
+
+		host.tsc += 250000; /* 100 us at 2.5 GHz */
+		if (next_random() % 40 == 0)
+			sim_host_update();
+		raw = vmm_clock_read_page(&host.page, &smp);
+		ns = vmm_clock_read(&host.page, &st, &last, &stopped);
+		raw_back += raw < prev_raw;
+		back += ns < prev;
+		CHECK(stopped < VMM_CLOCK_STOPPED_NS, "a slew is not a stop: %llu ns", (unsigned long long)stopped);
+		prev = ns;
+		prev_raw = raw;
+	}
+	CHECK(raw_back > 0, "the simulated host never made the page go back: the test proves nothing");
+	CHECK(back == 0, "vmm_clock_read went back %u times under a host slewing back 5000 ppm (page alone: %u)",
+	      back, raw_back);
+	printf("  slewing host: the page went back %u times in 200000 reads, vmm_clock_read never\n", raw_back);
+}
+
+/*
+ * Fix 4: a host suspend of 40 minutes. The guest TSC stands still while the host sleeps; on
+ * resume vmm's first VM entry writes the host's uptime, 40 minutes on. The guest's time must
+ * jump by exactly that, and the read must report it as a stop (so the watchdogs get
+ * touched), on every TSC rate vmm may see.
+ */
+static void test_forty_minute_jump(void)
+{
+	static const u64 rates[] = { 1000000000ull, 2500000000ull, 3999999999ull };
+	const u64 jump = 40ull * 60 * 1000000000ull;
+	unsigned int r;
+
+	for (r = 0; r < sizeof(rates) / sizeof(rates[0]); r++) {
+		struct vmm_clock_cpu_state st = { .have_prev = false };
+		vmm_clock_last_t last = 0;
+		u64 before, host_before, after, stopped, stopped_before;
+
+		sim_host_start(rates[r], 0);
+		host.tsc += rates[r] / 1000; /* 1 ms after the update */
+		before = vmm_clock_read(&host.page, &st, &last, &stopped_before);
+		host_before = sim_host_now();
+		/* The truncated multiplier (at 2.5 GHz) loses a ns per ms; nothing else may. */
+		CHECK(before <= host_before && host_before - before < 10, "%llu Hz: %llu ns before the sleep, host %llu",
+		      (unsigned long long)rates[r], (unsigned long long)before, (unsigned long long)host_before);
+		/* Asleep: the host's clock runs on, the guest's TSC does not. */
+		host.host_ns = host_before + jump;
+		host.tsc_at = host.tsc;
+		sim_host_update();
+		after = vmm_clock_read(&host.page, &st, &last, &stopped);
+		CHECK(after - host_before == jump, "%llu Hz: time moved %llu ns over a %llu ns sleep",
+		      (unsigned long long)rates[r], (unsigned long long)(after - host_before), (unsigned long long)jump);
+		CHECK(stopped_before == 0, "no stop before the sleep");
+		CHECK(stopped > VMM_CLOCK_STOPPED_NS, "%llu Hz: the sleep was not seen as a stop (%llu ns)",
+		      (unsigned long long)rates[r], (unsigned long long)stopped);
+		/* Within the 1 ms the old copy had run on, and the truncated multiplier's ppm. */
+		CHECK(stopped > jump - 2000000 && stopped <= jump + 1000000, "%llu Hz: stop of %llu ns, want about %llu",
+		      (unsigned long long)rates[r], (unsigned long long)stopped, (unsigned long long)jump);
+		/* The next read on the same page is no new stop. */
+		host.tsc += rates[r] / 100;
+		vmm_clock_read(&host.page, &st, &last, &stopped);
+		CHECK(stopped == 0, "the stop is reported once, then %llu", (unsigned long long)stopped);
+	}
+}
+
+/*
+ * A host whose TSC restarted from near 0 over the suspend (the guest's TSC with it): the TSC
+ * went back, the host's time forward; all of the host's advance is unexplained.
+ */
+static void test_stop_with_tsc_reset(void)
+{
+	struct vmm_clock_sample old = { .tsc_timestamp = 5000000000ull, .system_time = 100000000000ull,
+					.mul = 1048576, .shift = VMM_SHIFT };
+	struct vmm_clock_sample now = { .tsc_timestamp = 1000, .system_time = 160000000000ull,
+					.mul = 1048576, .shift = VMM_SHIFT };
+
+	CHECK(vmm_clock_unexplained(&old, &now) == 60000000000ull, "TSC reset: %llu",
+	      (unsigned long long)vmm_clock_unexplained(&old, &now));
+	CHECK(vmm_clock_unexplained(&now, &old) == 0, "the host's time going back is no stop");
+}
+
+/*
+ * A page the host left empty (vmm_init_pvclock with tsc_freq 0: mul 0) or never wrote: the
+ * module must refuse it, a zero multiplier would freeze time.
+ */
+static void test_empty_page(void)
+{
+	struct vmm_clock_page empty;
+
+	memset(&empty, 0, sizeof(empty));
+	CHECK(!vmm_clock_page_filled(&empty), "an all-zero page counts as filled");
+	fill(&empty, 2, 1000, 5000, VMM_CLOCK_FLAG_TSC_STABLE);
+	empty.tsc_to_system_mul = 0;
+	CHECK(!vmm_clock_page_filled(&empty), "a page with multiplier 0 counts as filled");
+	fill(&empty, 2, 1000, 5000, VMM_CLOCK_FLAG_TSC_STABLE);
+	CHECK(vmm_clock_page_filled(&empty), "a written page counts as empty");
 }
 
 /* Real sample: available_clocksource captured on the build host (Linux 6.18, a KVM guest). */
@@ -412,6 +583,10 @@ int main(void)
 	test_monotonic_clamp_threads();
 	test_concurrent_writer();
 	test_clocksource_list();
+	test_slewing_host_never_goes_back();
+	test_forty_minute_jump();
+	test_stop_with_tsc_reset();
+	test_empty_page();
 
 	if (failures) {
 		fprintf(stderr, "vmm_clock_time: %u of %u checks FAILED\n", failures, checks);

@@ -19,6 +19,17 @@
 //! Unix epoch, as signed decimal integers.
 
 use std::fmt;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Seconds since the Unix epoch (0 for a clock set before 1970, which no check relies on).
+pub fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// Nanoseconds since the Unix epoch, as the clock protocol carries them.
+pub fn unix_now_ns() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
+}
 
 /// First word of the agent's greeting line.
 pub const HELLO_WORD: &str = "ALMAVMM-CLOCK";

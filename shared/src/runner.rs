@@ -9,6 +9,8 @@ use std::ffi::{OsStr, OsString};
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 /// How many trailing lines of stderr an error carries.
@@ -255,7 +257,9 @@ impl Cmd {
     }
 
     /// Start with stdin and stdout as pipes the caller talks through (a line protocol over
-    /// `ssh`, for instance); stderr is collected for the error message.
+    /// `ssh`, for instance); stderr is collected for the error message. With a
+    /// [`Cmd::timeout`], the program is killed when the conversation outlasts it, so a peer
+    /// that stops answering ends the caller's reads instead of blocking them for ever.
     pub fn spawn_piped(&self) -> Result<Piped, RunError> {
         let cmdline = self.display();
         tracing::debug!(cmd = %cmdline, "running (piped)");
@@ -276,7 +280,29 @@ impl Cmd {
             let _ = stderr.read_to_string(&mut buf);
             buf
         });
-        Ok(Piped { cmd: self.clone(), child, stdin: Some(stdin), stdout, err_thread: Some(err_thread) })
+        let child = Arc::new(Mutex::new(child));
+        let fired = Arc::new(AtomicBool::new(false));
+        let watchdog = self.timeout.map(|limit| {
+            let (cancel, cancelled) = mpsc::channel::<()>();
+            let (child, fired) = (child.clone(), fired.clone());
+            std::thread::spawn(move || {
+                // A message or a dropped sender: the conversation ended in time.
+                if let Err(mpsc::RecvTimeoutError::Timeout) = cancelled.recv_timeout(limit) {
+                    fired.store(true, Ordering::SeqCst);
+                    let _ = lock(&child).kill();
+                }
+            });
+            cancel
+        });
+        Ok(Piped {
+            cmd: self.clone(),
+            child,
+            stdin: Some(stdin),
+            stdout,
+            err_thread: Some(err_thread),
+            _watchdog: watchdog,
+            fired,
+        })
     }
 }
 
@@ -284,10 +310,18 @@ impl Cmd {
 #[derive(Debug)]
 pub struct Piped {
     cmd: Cmd,
-    child: std::process::Child,
+    child: Arc<Mutex<std::process::Child>>,
     stdin: Option<std::process::ChildStdin>,
     pub stdout: std::io::BufReader<std::process::ChildStdout>,
     err_thread: Option<std::thread::JoinHandle<String>>,
+    /// Dropped with the conversation, which stands the watchdog down.
+    _watchdog: Option<mpsc::Sender<()>>,
+    /// The watchdog killed the program.
+    fired: Arc<AtomicBool>,
+}
+
+fn lock(child: &Mutex<std::process::Child>) -> std::sync::MutexGuard<'_, std::process::Child> {
+    child.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Piped {
@@ -309,9 +343,30 @@ impl Piped {
     /// Close stdin (the peer sees EOF), wait for the end, fail unless it exited 0.
     pub fn finish(mut self) -> Result<(), RunError> {
         self.stdin = None;
-        let status = self.child.wait().map_err(|e| RunError::Spawn { cmdline: self.cmd.display(), source: e })?;
+        // Polled, not wait(): the watchdog must be able to take the lock and kill it.
+        let status = loop {
+            match lock(&self.child).try_wait() {
+                Ok(Some(status)) => break status,
+                Ok(None) => {}
+                Err(e) => return Err(RunError::Spawn { cmdline: self.cmd.display(), source: e }),
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
         let stderr = self.err_thread.take().and_then(|t| t.join().ok()).unwrap_or_default();
+        if self.fired.load(Ordering::SeqCst) {
+            return Err(self.timed_out());
+        }
         if status.success() { Ok(()) } else { Err(self.cmd.failure(&Output { status, stdout: String::new(), stderr })) }
+    }
+
+    /// The error for a program its time limit ended (its reads then saw end of output).
+    pub fn timed_out(&self) -> RunError {
+        RunError::TimedOut { cmdline: self.cmd.display(), after: self.cmd.timeout.unwrap_or_default() }
+    }
+
+    /// Did the watchdog end it?
+    pub fn was_killed_for_time(&self) -> bool {
+        self.fired.load(Ordering::SeqCst)
     }
 
     /// After the conversation broke down (stdout ended early): wait for the program to end,
@@ -319,13 +374,13 @@ impl Piped {
     pub fn stderr_after_end(&mut self) -> String {
         self.stdin = None;
         for _ in 0..50 {
-            if let Ok(Some(_)) = self.child.try_wait() {
+            if let Ok(Some(_)) = lock(&self.child).try_wait() {
                 break;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let _ = lock(&self.child).kill();
+        let _ = lock(&self.child).wait();
         self.err_thread.take().and_then(|t| t.join().ok()).unwrap_or_default()
     }
 }
@@ -403,6 +458,27 @@ pub fn shell_quote(word: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_piped_program_that_outlasts_its_limit_is_killed_and_says_so() {
+        // A peer that greets and then never answers.
+        let cmd = Cmd::new("sh").args(["-c", "echo hello; exec sleep 30"]).timeout(Duration::from_millis(300));
+        let mut p = cmd.spawn_piped().unwrap();
+        assert_eq!(p.recv().unwrap().as_deref(), Some("hello\n"));
+        assert_eq!(p.recv().unwrap(), None, "the read ends when the watchdog kills it");
+        assert!(p.was_killed_for_time());
+        assert!(matches!(p.finish(), Err(RunError::TimedOut { .. })));
+    }
+
+    #[test]
+    fn a_piped_program_that_ends_in_time_is_left_alone() {
+        let cmd = Cmd::new("sh").args(["-c", "read x; echo got $x"]).timeout(Duration::from_secs(30));
+        let mut p = cmd.spawn_piped().unwrap();
+        p.send("it\n").unwrap();
+        assert_eq!(p.recv().unwrap().as_deref(), Some("got it\n"));
+        assert!(!p.was_killed_for_time());
+        p.finish().unwrap();
+    }
 
     #[test]
     fn quotes_only_words_that_need_it() {

@@ -19,6 +19,8 @@ pub mod step {
     pub const MODULE: &str = "module";
     pub const NETWORK_HOOK: &str = "network hook";
     pub const SERVICE: &str = "service";
+    /// `restorecon` on what was installed, where SELinux is on.
+    pub const SELINUX_LABELS: &str = "selinux labels";
     pub const BOOT_DONE: &str = "boot-done marker";
 }
 

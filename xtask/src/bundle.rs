@@ -3,26 +3,27 @@
 //! when it finds no prebuilt agent.
 
 use std::path::PathBuf;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use xshell::Shell;
-
+use crate::limited::limited;
 use crate::util::project_root;
 
-fn commit(sh: &Shell) -> String {
-    xshell::cmd!(sh, "git rev-parse --short=12 HEAD")
-        .quiet()
-        .ignore_stderr()
-        .read()
-        .map(|s| s.trim().to_string())
+/// git on this checkout.
+const GIT_LIMIT: Duration = Duration::from_secs(60);
+
+fn commit() -> String {
+    limited("git", GIT_LIMIT)
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .run()
+        .map(|o| o.stdout.trim().to_string())
         .unwrap_or_else(|_| "unknown".into())
 }
 
 /// Build the bundle and return its path.
-pub fn build(sh: &Shell) -> anyhow::Result<PathBuf> {
+pub fn build() -> anyhow::Result<PathBuf> {
     let out = project_root().join("target/bundle/agent-src.tar.gz");
     let started = Instant::now();
-    let size = almavmm_host::agent::bundle::build(&project_root(), &out, &commit(sh))?;
+    let size = almavmm_host::agent::bundle::build(&project_root(), &out, &commit())?;
     eprintln!(
         "bundle: {} ({}) in {:.1}s",
         out.display(),
@@ -51,9 +52,9 @@ const INPUTS: &[&str] = &[
 ];
 
 /// SHA-256 over the tracked files of [`INPUTS`] (path and contents, in path order).
-pub fn inputs_hash(sh: &Shell) -> anyhow::Result<String> {
+pub fn inputs_hash() -> anyhow::Result<String> {
     use sha2::{Digest, Sha256};
-    let listed = xshell::cmd!(sh, "git ls-files -- {INPUTS...}").quiet().read()?;
+    let listed = limited("git", GIT_LIMIT).args(["ls-files", "--"]).args(INPUTS).run()?.stdout;
     let mut files: Vec<&str> = listed.lines().collect();
     files.sort_unstable();
     anyhow::ensure!(!files.is_empty(), "git lists none of the bundle's inputs");
@@ -68,9 +69,9 @@ pub fn inputs_hash(sh: &Shell) -> anyhow::Result<String> {
 }
 
 /// Whether the bundle scenario has passed with exactly these inputs.
-pub fn verified(sh: &Shell) -> anyhow::Result<bool> {
+pub fn verified() -> anyhow::Result<bool> {
     let stamp = std::fs::read_to_string(project_root().join(VERIFIED_STAMP)).unwrap_or_default();
-    Ok(stamp.split_whitespace().next() == Some(inputs_hash(sh)?.as_str()))
+    Ok(stamp.split_whitespace().next() == Some(inputs_hash()?.as_str()))
 }
 
 /// Record that the bundle scenario passed with the inputs whose hash is `hash`.
@@ -80,7 +81,7 @@ pub fn mark_verified(hash: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn run(sh: &Shell) -> anyhow::Result<()> {
-    println!("{}", build(sh)?.display());
+pub fn run() -> anyhow::Result<()> {
+    println!("{}", build()?.display());
     Ok(())
 }

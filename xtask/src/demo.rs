@@ -1,50 +1,50 @@
 //! `cargo xtask demo`: the README's first command on a fresh Linux machine. Checks (and, as
-//! root on Debian, installs) the system packages, builds or reuses the Debian test image
-//! (this machine cannot reach the AlmaLinux mirrors), serves it like a mirror, runs
-//! `almavmm-host up demo` on it and prints `doctor`. The guest is left running.
+//! root on Debian or Ubuntu, installs) the system packages the demo needs (no more: see
+//! `deps`), builds or reuses the Debian test image (this machine cannot reach the AlmaLinux
+//! mirrors), serves it like a mirror, runs `almavmm-host up demo` on it and prints `doctor`.
+//! The guest is left running.
 
-use std::path::PathBuf;
-use std::process::Command;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, ensure};
-use xshell::{Shell, cmd};
 
+use crate::deps::{self, Purpose};
+use crate::e2e::{KEYGEN_LIMIT, build_host, host_limit};
+use crate::limited::limited;
 use crate::testimage::{self, Suite};
-use crate::util::{Stage, project_root};
-use crate::{agent, deps, serve};
+use crate::util::Stage;
+use crate::{agent, serve};
 
 const GUEST: &str = "demo";
 
-fn run_host(bin: &PathBuf, args: &[&str]) -> anyhow::Result<std::process::ExitStatus> {
+fn run_host(bin: &Path, args: &[&str]) -> anyhow::Result<std::process::ExitStatus> {
     eprintln!("$ almavmm-host {}", args.join(" "));
-    Command::new(bin).args(args).status().with_context(|| format!("cannot run {}", bin.display()))
+    limited(bin, host_limit(args)).args(args).status()
 }
 
-pub fn run(sh: &Shell) -> anyhow::Result<()> {
+pub fn run() -> anyhow::Result<()> {
     {
         let _s = Stage::new("demo: system packages");
-        deps::run(sh, deps::DepsArgs { install: true })?;
+        deps::ensure(Purpose::Demo, true)?;
     }
     let image = {
         let _s = Stage::new("demo: test image");
-        testimage::ensure_image(sh, Suite::Bookworm)?
+        testimage::ensure_image(Suite::Bookworm)?
     };
     let agent = {
         let _s = Stage::new("demo: agent");
-        agent::build(sh)?
+        agent::build()?
     };
     let bin = {
         let _s = Stage::new("demo: almavmm-host");
-        cmd!(sh, "cargo build -q --release -p almavmm-host").run()?;
-        project_root().join("target/release/almavmm-host")
+        build_host(true)?
     };
     let home = PathBuf::from(std::env::var_os("HOME").context("HOME is not set")?);
     let key = home.join(".ssh/id_ed25519");
     if !key.with_extension("pub").is_file() {
         eprintln!("no SSH key at {}: creating one (ed25519, no passphrase)", key.display());
         std::fs::create_dir_all(home.join(".ssh"))?;
-        let st = Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(&key).status()?;
-        ensure!(st.success(), "ssh-keygen failed");
+        limited("ssh-keygen", KEYGEN_LIMIT).args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(&key).run()?;
     }
     let work = tempfile::tempdir()?;
     let mirror = serve::mirror(work.path(), &image, "debian-12-almavmm-test.qcow2")?;

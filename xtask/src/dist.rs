@@ -22,13 +22,21 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
+use std::time::Duration;
+
 use anyhow::{Context, bail, ensure};
 use clap::Command;
 use clap_complete::Shell as CompletionShell;
-use xshell::{Shell, cmd};
 
+use crate::limited::limited;
 use crate::man;
 use crate::util::{Stage, project_root};
+
+/// A cold release build of the host on two cores: a few minutes (or a wait for another
+/// cargo's lock).
+const CARGO_LIMIT: Duration = Duration::from_secs(30 * 60);
+/// git, mandoc, and the installed binaries' quick answers.
+const QUICK_LIMIT: Duration = Duration::from_secs(60);
 
 #[derive(Debug, clap::Args)]
 pub struct DistArgs {}
@@ -80,12 +88,12 @@ pub fn layout(agent: &Agent) -> Vec<String> {
     files
 }
 
-pub fn run(sh: &Shell, _args: DistArgs) -> anyhow::Result<()> {
+pub fn run(_args: DistArgs) -> anyhow::Result<()> {
     let _all = Stage::new("dist");
-    let host = build_host(sh)?;
-    let agent = build_agent(sh)?;
+    let host = build_host()?;
+    let agent = build_agent()?;
     let out = project_root().join("target/dist");
-    let inputs = Inputs { host, agent, date: man::date(sh) };
+    let inputs = Inputs { host, agent, date: man::date() };
     {
         let _s = Stage::new(format!("dist: writing {}", out.display()));
         write_tree(&out, &inputs)?;
@@ -113,15 +121,18 @@ pub fn run(sh: &Shell, _args: DistArgs) -> anyhow::Result<()> {
     }
     {
         let _s = Stage::new("dist: the tree in an empty prefix");
-        check_unpacked(sh, &out, &inputs.agent)?;
+        check_unpacked(&out, &inputs.agent)?;
     }
     print_listing(&out)?;
     Ok(())
 }
 
-fn build_host(sh: &Shell) -> anyhow::Result<PathBuf> {
+fn build_host() -> anyhow::Result<PathBuf> {
     let _s = Stage::new("dist: cargo build --release -p almavmm-host");
-    cmd!(sh, "cargo build --release --locked -p almavmm-host").run().context("building almavmm-host")?;
+    limited("cargo", CARGO_LIMIT)
+        .args(["build", "--release", "--locked", "-p", "almavmm-host"])
+        .run_inherited()
+        .context("building almavmm-host")?;
     let bin = crate::agent::target_dir().join("release/almavmm-host");
     ensure!(bin.is_file(), "cargo finished but {} is not there", bin.display());
     Ok(bin)
@@ -129,12 +140,12 @@ fn build_host(sh: &Shell) -> anyhow::Result<PathBuf> {
 
 /// A static x86-64 Linux agent where this machine can build one; elsewhere (an OpenBSD
 /// host, say) the source bundle, which the guest builds itself.
-fn build_agent(sh: &Shell) -> anyhow::Result<Agent> {
+fn build_agent() -> anyhow::Result<Agent> {
     if cfg!(all(target_os = "linux", target_arch = "x86_64")) {
-        Ok(Agent::Binary(crate::agent::build(sh)?))
+        Ok(Agent::Binary(crate::agent::build()?))
     } else {
         let _s = Stage::new("dist: no Linux build here, so the agent's source bundle");
-        Ok(Agent::Bundle(crate::bundle::build(sh)?))
+        Ok(Agent::Bundle(crate::bundle::build()?))
     }
 }
 
@@ -278,7 +289,7 @@ fn example_header(what: &str) -> String {
 
 /// What `almavmm-host ssh-config` writes for one guest, `alma`, of the example user.
 pub fn example_ssh_config() -> String {
-    use almavmm_host::cmd::ssh_config::{Entry, proxy_command, render};
+    use almavmm_host::ssh::config::{Entry, proxy_command, render};
     let guest = Path::new(EXAMPLE_HOME).join(".local/share/almavmm/vms/alma");
     let entry = Entry {
         name: "alma".into(),
@@ -310,8 +321,8 @@ pub fn example_apm_resume() -> String {
 /// The pf anchor `almavmm-host host setup` writes to /etc/almavmm/pf.conf, for vm.conf's
 /// default local prefix, and the lines it adds to /etc/pf.conf.
 pub fn example_pf_anchor() -> String {
-    use almavmm_host::backend::vmd::vmconf::DEFAULT_PREFIX;
     use almavmm_host::hostsetup::pf::{ANCHOR_FILE, render_anchor, with_hook};
+    use almavmm_host::hostsetup::vmconf::DEFAULT_PREFIX;
     // A documentation address (RFC 5737) where the host's own name server goes.
     let dns = std::net::Ipv4Addr::new(192, 0, 2, 53);
     let hook: String = with_hook("").lines().filter(|l| !l.trim().is_empty()).map(|l| format!("    {l}\n")).collect();
@@ -330,12 +341,12 @@ pub fn have(program: &str) -> bool {
 
 /// `mandoc -Tlint` findings at warning level or above (mandoc(1): -W warning), one per line.
 pub fn lint(page: &Path) -> anyhow::Result<Vec<String>> {
-    let out = std::process::Command::new("mandoc")
+    let out = limited("mandoc", QUICK_LIMIT)
         .args(["-Tlint", "-W", "warning"])
         .arg(page)
         .output()
         .context("running mandoc (install it with `cargo xtask deps --install`)")?;
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let text = format!("{}{}", out.stdout, out.stderr);
     let findings: Vec<String> = text.lines().filter(|l| !l.trim().is_empty()).map(str::to_string).collect();
     // mandoc exits 0 when it had nothing to say at that level, 2 for warnings and worse
     // (mandoc(1), EXIT STATUS); anything else is a failure to run at all.
@@ -347,34 +358,29 @@ pub fn lint(page: &Path) -> anyhow::Result<Vec<String>> {
 
 /// Copy the tree into an empty prefix and run it from there: `--version`, and the agent
 /// lookup `up` does, by absolute path and by name through PATH.
-fn check_unpacked(sh: &Shell, tree: &Path, agent: &Agent) -> anyhow::Result<()> {
+fn check_unpacked(tree: &Path, agent: &Agent) -> anyhow::Result<()> {
     let prefix = tempfile::Builder::new().prefix("almavmm-prefix.").tempdir()?;
     let state = tempfile::Builder::new().prefix("almavmm-home.").tempdir()?;
     copy_tree(tree, prefix.path())?;
     let host = prefix.path().join("bin/almavmm-host");
-    let commit = cmd!(sh, "git rev-parse --short=12 HEAD").quiet().ignore_stderr().read().ok();
+    let commit = limited("git", QUICK_LIMIT)
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .run()
+        .ok()
+        .map(|o| o.stdout.trim().to_string());
     // From a folder with nothing in it, with no agent named in the environment.
     let elsewhere = tempfile::tempdir()?;
     let run = |program: &Path, args: &[&str], path_var: Option<&Path>| -> anyhow::Result<String> {
-        let mut c = std::process::Command::new(program);
-        c.args(args)
+        let mut c = limited(program, QUICK_LIMIT)
+            .args(args)
             .current_dir(elsewhere.path())
             .env("ALMAVMM_HOME", state.path())
             .env("NO_COLOR", "1")
             .env_remove("ALMAVMM_AGENT");
         if let Some(p) = path_var {
-            c.env("PATH", p);
+            c = c.env("PATH", p);
         }
-        let out = c.output().with_context(|| format!("running {}", program.display()))?;
-        ensure!(
-            out.status.success(),
-            "{} {} failed ({}): {}",
-            program.display(),
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+        Ok(c.run()?.stdout.trim().to_string())
     };
     let version = run(&host, &["--version"], None)?;
     check_version(&version, "almavmm-host", commit.as_deref())?;
@@ -552,17 +558,17 @@ mod tests {
         fs::create_dir_all(t.path().join("vms/alma")).unwrap();
         let file = t.path().join("c.ksh");
         fs::write(&file, ksh_completion(man::host_command())).unwrap();
-        let out = std::process::Command::new(ksh)
+        let out = limited(ksh, QUICK_LIMIT)
             .arg("-c")
             .arg(format!(". {}; echo ${{complete_almavmm_host_1[0]}} ${{#complete_almavmm_host_2[*]}}; for w in ${{complete_almavmm_host[*]}}; do [ $w = alma ] && echo guest; done", file.display()))
             .env("ALMAVMM_HOME", t.path())
             .output()
             .unwrap();
-        let said = String::from_utf8_lossy(&out.stdout);
+        let said = &out.stdout;
         assert!(
             out.status.success() && said.starts_with("up ") && said.trim_end().ends_with("guest"),
             "{said}{}",
-            String::from_utf8_lossy(&out.stderr)
+            out.stderr
         );
     }
 

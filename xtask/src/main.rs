@@ -8,12 +8,15 @@ mod demo;
 mod deps;
 mod dist;
 mod e2e;
+mod freshroot;
 mod kmod;
+mod limited;
 mod man;
 mod serve;
 mod test;
 mod testimage;
 mod util;
+mod vmdrig;
 
 use clap::{Parser, Subcommand};
 
@@ -30,8 +33,10 @@ enum Cmd {
     Demo,
     /// The whole test suite, as CI runs it: packages, tests, kernel module, end to end.
     Test(test::TestArgs),
-    /// Check (and with --install, install) the system packages tests and demo need.
+    /// Check (and with --install, install) the system packages the demo or the tests need.
     Deps(deps::DepsArgs),
+    /// Check `deps --for demo --install` on a fresh Debian 12 root (mmdebstrap, cached), from a cold apt.
+    FreshRoot(freshroot::FreshRootArgs),
     /// Build the static Linux agent binary (musl if installed, else glibc with crt-static).
     Agent(agent::AgentArgs),
     /// Build the agent's source bundle (agent-src.tar.gz) for guests to build it themselves.
@@ -50,17 +55,17 @@ enum Cmd {
 }
 
 fn main() -> anyhow::Result<()> {
-    let sh = util::shell()?;
     match Xtask::parse().cmd {
-        Cmd::Demo => demo::run(&sh),
-        Cmd::Test(a) => test::run(&sh, a),
-        Cmd::Deps(a) => deps::run(&sh, a),
-        Cmd::Agent(a) => agent::run(&sh, a).map(|_| ()),
-        Cmd::Bundle => bundle::run(&sh),
-        Cmd::Kmod(a) => kmod::run(&sh, a),
-        Cmd::Image(a) => testimage::run(&sh, a).map(|_| ()),
-        Cmd::E2e(a) => e2e::run(&sh, a),
-        Cmd::Bench(b) => bench::run(&sh, b),
-        Cmd::Dist(a) => dist::run(&sh, a),
+        Cmd::Demo => demo::run(),
+        Cmd::Test(a) => test::run(a),
+        Cmd::Deps(a) => deps::run(a),
+        Cmd::FreshRoot(a) => freshroot::run(a),
+        Cmd::Agent(a) => agent::run(a).map(|_| ()),
+        Cmd::Bundle => bundle::run(),
+        Cmd::Kmod(a) => kmod::run(a),
+        Cmd::Image(a) => testimage::run(a).map(|_| ()),
+        Cmd::E2e(a) => e2e::run(a),
+        Cmd::Bench(b) => bench::run(b),
+        Cmd::Dist(a) => dist::run(a),
     }
 }

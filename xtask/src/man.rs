@@ -44,13 +44,12 @@ pub fn pages(date: &str) -> [Page; 2] {
 }
 
 /// The date of the commit being built (so equal sources give equal pages), else today.
-pub fn date(sh: &xshell::Shell) -> String {
-    let ymd = xshell::cmd!(sh, "git log -1 --format=%cs")
-        .quiet()
-        .ignore_stderr()
-        .read()
+pub fn date() -> String {
+    let ymd = crate::limited::limited("git", std::time::Duration::from_secs(60))
+        .args(["log", "-1", "--format=%cs"])
+        .run()
         .ok()
-        .and_then(|s| parse_ymd(s.trim()))
+        .and_then(|o| parse_ymd(o.stdout.trim()))
         .unwrap_or_else(today);
     mdoc_date(ymd)
 }
@@ -62,7 +61,7 @@ fn parse_ymd(s: &str) -> Option<(i64, u32, u32)> {
 }
 
 fn today() -> (i64, u32, u32) {
-    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let secs = almavmm_shared::clock::unix_now();
     civil((secs / 86_400) as i64)
 }
 

@@ -2,12 +2,21 @@
 //! file signed by an OpenPGP key (a throwaway one made with gpg, as a mirror operator
 //! would). Used by the end-to-end scenario and by the demo.
 
+use std::convert::Infallible;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use almavmm_shared::wait::{Deadline, wait_until};
 use anyhow::{Context, ensure};
+
+use crate::limited::{Io, Running, limited};
+
+/// One gpg operation (making an ed25519 key, signing a small file) takes well under a second.
+const GPG_LIMIT: Duration = Duration::from_secs(60);
+/// How long the HTTP server may live: longer than any scenario that uses the mirror (the
+/// bundle scenario's `up` may take 50 min under TCG); it is stopped on drop before that.
+const SERVER_LIMIT: Duration = Duration::from_secs(3 * 3600);
 
 /// A running local mirror; the server stops when this is dropped.
 #[derive(Debug)]
@@ -17,14 +26,13 @@ pub struct Mirror {
     pub fingerprint: String,
     pub served_image: PathBuf,
     gnupg: PathBuf,
-    http: Child,
+    /// Killed (with its process group) when dropped.
+    _http: Running,
 }
 
 impl Drop for Mirror {
     fn drop(&mut self) {
-        let _ = self.http.kill();
-        let _ = self.http.wait();
-        let _ = Command::new("gpgconf").arg("--kill").arg("gpg-agent").env("GNUPGHOME", &self.gnupg).status();
+        let _ = limited("gpgconf", GPG_LIMIT).args(["--kill", "gpg-agent"]).env("GNUPGHOME", &self.gnupg).output();
     }
 }
 
@@ -43,9 +51,8 @@ pub fn mirror(dir: &Path, image: &Path, name: &str) -> anyhow::Result<Mirror> {
     std::fs::create_dir_all(&gnupg)?;
     std::fs::set_permissions(&gnupg, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
     let gpg = |args: &[&str]| -> anyhow::Result<String> {
-        let out = Command::new("gpg").args(["--batch", "--quiet"]).args(args).env("GNUPGHOME", &gnupg).output()?;
-        ensure!(out.status.success(), "gpg {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        let out = limited("gpg", GPG_LIMIT).args(["--batch", "--quiet"]).args(args).env("GNUPGHOME", &gnupg).run()?;
+        Ok(out.stdout)
     };
     gpg(&[
         "--passphrase",
@@ -67,20 +74,27 @@ pub fn mirror(dir: &Path, image: &Path, name: &str) -> anyhow::Result<Mirror> {
     gpg(&["--armor", "--detach-sign", "--output", &asc, &checksum.display().to_string()])?;
 
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let http = Command::new("python3")
+    let http = limited("python3", SERVER_LIMIT)
         .args(["-m", "http.server", "--bind", "127.0.0.1", "--directory"])
         .arg(&www)
         .arg(port.to_string())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stdout(Io::Null)
+        .stderr(Io::Null)
         .spawn()
         .context("cannot start python3's http.server")?;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        ensure!(Instant::now() < deadline, "the local HTTP server did not come up");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    Ok(Mirror { url: format!("http://127.0.0.1:{port}/{name}"), signing_key, fingerprint, served_image, gnupg, http })
+    let listening = || Ok::<_, Infallible>(std::net::TcpStream::connect(("127.0.0.1", port)).ok());
+    ensure!(
+        wait_until(Deadline::after(Duration::from_secs(20)), Duration::from_millis(100), listening)?.is_some(),
+        "the local HTTP server did not come up"
+    );
+    Ok(Mirror {
+        url: format!("http://127.0.0.1:{port}/{name}"),
+        signing_key,
+        fingerprint,
+        served_image,
+        gnupg,
+        _http: http,
+    })
 }
 
 /// SHA-256 of the (large) test image, remembered beside it so reruns do not rehash it.
@@ -105,4 +119,42 @@ fn cached_sha256(image: &Path) -> anyhow::Result<String> {
     let sha = h.finalize().iter().map(|b| format!("{b:02x}")).collect::<String>();
     std::fs::write(&cache, &sha)?;
     Ok(sha)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+
+    use super::*;
+
+    fn get(url: &str) -> String {
+        let rest = url.strip_prefix("http://").unwrap();
+        let (host, path) = rest.split_once('/').unwrap();
+        let mut s = std::net::TcpStream::connect(host).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(s, "GET /{path} HTTP/1.0\r\nHost: {host}\r\n\r\n").unwrap();
+        let mut body = String::new();
+        s.read_to_string(&mut body).unwrap();
+        body
+    }
+
+    /// The mirror as `up` sees it: a signed CHECKSUM naming the image, over HTTP; and the
+    /// server gone once the mirror is dropped.
+    #[test]
+    fn a_mirror_serves_a_signed_checksum_and_stops_on_drop() {
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("disk.qcow2");
+        std::fs::write(&image, b"not really a disk").unwrap();
+        let m = mirror(&dir.path().join("m"), &image, "served.qcow2").unwrap();
+        assert_eq!(m.fingerprint.len(), 40, "{}", m.fingerprint);
+        let base = m.url.strip_suffix("served.qcow2").unwrap().to_string();
+        let checksum = get(&format!("{base}CHECKSUM"));
+        assert!(checksum.starts_with("HTTP/1.0 200"), "{checksum}");
+        assert!(checksum.contains("  served.qcow2\n"), "{checksum}");
+        assert!(get(&format!("{base}CHECKSUM.asc")).contains("BEGIN PGP SIGNATURE"));
+        assert!(get(&m.url).ends_with("not really a disk"));
+        let port = base.trim_start_matches("http://127.0.0.1:").trim_end_matches('/').to_string();
+        drop(m);
+        assert!(std::net::TcpStream::connect(format!("127.0.0.1:{port}")).is_err(), "the server outlived the mirror");
+    }
 }

@@ -18,11 +18,22 @@
 //!                      system, about 1 GiB free; last on the disk so growpart can grow it
 //! ```
 //!
+//! # Flavours (`--flavor`)
+//!
+//! - `nm` (the default, and the e2e's): NetworkManager is the only network manager, as on
+//!   AlmaLinux's cloud image. cloud-init renders its network config as a NetworkManager
+//!   keyfile (renderer `network-manager`), systemd-networkd and systemd-resolved are not
+//!   used (networkd is masked; NetworkManager writes /etc/resolv.conf itself, as on
+//!   AlmaLinux), so the agent installs its NetworkManager dispatcher hook.
+//! - `networkd`: cloud-init renders for systemd-networkd and systemd-resolved serves DNS,
+//!   as on Debian's own cloud images; the watcher's rtnetlink listener is the link-up
+//!   trigger there. The Debian 13 bundle scenario, the demo and the benchmarks boot it.
+//!
 //! Kernel arguments: `root=UUID=… rw console=ttyS0,115200n8 net.ifnames=0 no_timer_check`
 //! (as on AlmaLinux's image: the serial port is `/dev/console`, the NIC is `eth0`). The
 //! initramfs checks the root file system before mounting it, so an unclean shutdown shows on
 //! the console as `recovering journal`. cloud-init only looks for NoCloud and renders its
-//! fallback network config (DHCP on eth0) for systemd-networkd; systemd-resolved serves DNS.
+//! fallback network config (DHCP on eth0) for the flavour's network manager.
 //! `/etc/machine-id` is empty and there are no SSH host keys: each instance gets its own.
 //!
 //! Nothing is mounted and no loop device is used: mmdebstrap fills a directory, `mkfs.ext4
@@ -31,7 +42,7 @@
 //! compresses it.
 //!
 //! The cache (`$ALMAVMM_E2E_CACHE`, default `/var/cache/almavmm-e2e`) holds
-//! `debian-VERSION-CODENAME-HASH.qcow2`, where HASH covers this file's source, the files it
+//! `debian-VERSION-CODENAME-FLAVOUR-HASH.qcow2`, where HASH covers this file's source, the files it
 //! writes into the image and the suite, so any change to the recipe builds a new image and
 //! nothing else does. Builds happen in `.build-CODENAME-PID/` beside it and only a complete
 //! image is renamed into place.
@@ -40,13 +51,21 @@ use std::collections::HashSet;
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use sha2::{Digest, Sha256};
-use xshell::{Shell, cmd};
 
+use crate::limited::limited;
 use crate::util::Stage;
+
+/// mmdebstrap: a few hundred MiB from the Debian mirror, then dpkg; ~1 min here, far more
+/// on a slow mirror.
+const DEBOOTSTRAP_LIMIT: Duration = Duration::from_secs(30 * 60);
+/// qemu-img convert -c of the ~2.5 GiB raw disk (a minute or two on two cores).
+const COMPRESS_LIMIT: Duration = Duration::from_secs(20 * 60);
+/// mkfs, mtools, syslinux, sfdisk, dd: seconds each.
+const TOOL_LIMIT: Duration = Duration::from_secs(5 * 60);
 
 const CACHE_ENV: &str = "ALMAVMM_E2E_CACHE";
 const DEFAULT_CACHE: &str = "/var/cache/almavmm-e2e";
@@ -68,7 +87,6 @@ const PACKAGES: &[&str] = &[
     "fdisk",
     "e2fsprogs",
     "iproute2",
-    "systemd-resolved",
     "netbase",
     "chrony",
     "openssh-server",
@@ -109,6 +127,7 @@ const ROOT_LABEL: &str = "debian-root";
 const BOOT_LABEL: &str = "BOOT";
 
 const CLOUD_CFG: &str = include_str!("testimage/90_almavmm.cfg");
+const CLOUD_CFG_NM: &str = include_str!("testimage/90_almavmm_nm.cfg");
 const CLOUD_CFG_PATH: &str = "etc/cloud/cloud.cfg.d/90_almavmm.cfg";
 /// Part of the recipe hash: any change to how the image is built builds a new one.
 const RECIPE_SOURCE: &str = include_str!("testimage.rs");
@@ -150,27 +169,84 @@ impl Suite {
     }
 }
 
+/// Which network manager the image runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Flavor {
+    /// NetworkManager only, configured by cloud-init as on AlmaLinux.
+    #[default]
+    Nm,
+    /// systemd-networkd with systemd-resolved, as on Debian's cloud images.
+    Networkd,
+}
+
+impl Flavor {
+    pub fn name(self) -> &'static str {
+        match self {
+            Flavor::Nm => "nm",
+            Flavor::Networkd => "networkd",
+        }
+    }
+
+    /// Packages on top of [`PACKAGES`].
+    fn packages(self) -> &'static [&'static str] {
+        match self {
+            // Recommends are not installed, so no wpasupplicant/modemmanager/dnsmasq-base.
+            Flavor::Nm => &["network-manager"],
+            Flavor::Networkd => &["systemd-resolved"],
+        }
+    }
+
+    fn cloud_cfg(self) -> &'static str {
+        match self {
+            Flavor::Nm => CLOUD_CFG_NM,
+            Flavor::Networkd => CLOUD_CFG,
+        }
+    }
+
+    /// `systemctl` verbs run in the image: the one network manager on, the other masked.
+    fn unit_hooks(self) -> [&'static str; 2] {
+        match self {
+            Flavor::Nm => [
+                "enable NetworkManager.service",
+                "mask systemd-networkd.service systemd-networkd.socket systemd-networkd-wait-online.service",
+            ],
+            Flavor::Networkd => ["enable systemd-networkd.service", "mask NetworkManager.service"],
+        }
+    }
+}
+
 #[derive(Debug, clap::Args)]
 pub struct ImageArgs {
     /// Debian release to build the guest from.
     #[arg(long, value_enum, default_value_t = Suite::Bookworm)]
     pub suite: Suite,
+    /// Network manager of the image: NetworkManager (as on AlmaLinux) or systemd-networkd.
+    #[arg(long, value_enum, default_value_t = Flavor::Nm)]
+    pub flavor: Flavor,
     /// Build the image again even when the cache already holds one of this recipe.
     #[arg(long)]
     pub rebuild: bool,
 }
 
 /// `cargo xtask image`: build or reuse the image and print its path.
-pub fn run(sh: &Shell, args: ImageArgs) -> anyhow::Result<PathBuf> {
-    let image =
-        if args.rebuild { build(sh, &Recipe::new(args.suite), &cache_dir())? } else { ensure_image(sh, args.suite)? };
+pub fn run(args: ImageArgs) -> anyhow::Result<PathBuf> {
+    let image = if args.rebuild {
+        build(&Recipe::new(args.suite, args.flavor), &cache_dir())?
+    } else {
+        ensure_image_flavor(args.suite, args.flavor)?
+    };
     println!("{}", image.display());
     Ok(image)
 }
 
-/// The cached image of the current recipe, built first when there is none.
-pub fn ensure_image(sh: &Shell, suite: Suite) -> anyhow::Result<PathBuf> {
-    let recipe = Recipe::new(suite);
+/// The cached networkd image of the current recipe (the demo's and the benchmarks').
+pub fn ensure_image(suite: Suite) -> anyhow::Result<PathBuf> {
+    ensure_image_flavor(suite, Flavor::Networkd)
+}
+
+/// The cached image of the current recipe and flavour, built first when there is none.
+pub fn ensure_image_flavor(suite: Suite, flavor: Flavor) -> anyhow::Result<PathBuf> {
+    let recipe = Recipe::new(suite, flavor);
     let cache = cache_dir();
     let image = cache.join(recipe.file_name());
     if image.is_file() {
@@ -178,7 +254,7 @@ pub fn ensure_image(sh: &Shell, suite: Suite) -> anyhow::Result<PathBuf> {
         eprintln!("reusing {} ({} MiB)", image.display(), size.div_ceil(MIB));
         return Ok(image);
     }
-    build(sh, &recipe, &cache)
+    build(&recipe, &cache)
 }
 
 fn cache_dir() -> PathBuf {
@@ -189,13 +265,15 @@ fn cache_dir() -> PathBuf {
 #[derive(Debug)]
 struct Recipe {
     suite: Suite,
+    flavor: Flavor,
     /// Hex SHA-256 of everything that decides the image's content.
     hash: String,
 }
 
 impl Recipe {
-    fn new(suite: Suite) -> Recipe {
-        Recipe { suite, hash: recipe_hash(suite, &[(CLOUD_CFG_PATH, CLOUD_CFG)]) }
+    fn new(suite: Suite, flavor: Flavor) -> Recipe {
+        let hash = recipe_hash(suite, &[("flavor", flavor.name()), (CLOUD_CFG_PATH, flavor.cloud_cfg())]);
+        Recipe { suite, flavor, hash }
     }
 
     fn file_name(&self) -> String {
@@ -204,7 +282,7 @@ impl Recipe {
 
     /// Every image of this suite starts so; older recipes' images are removed by it.
     fn file_prefix(&self) -> String {
-        format!("debian-{}-{}-", self.suite.version(), self.suite.codename())
+        format!("debian-{}-{}-{}-", self.suite.version(), self.suite.codename(), self.flavor.name())
     }
 
     fn root_uuid(&self) -> String {
@@ -307,11 +385,11 @@ fn missing_tools_message(missing: &[(&str, &str)]) -> String {
     )
 }
 
-fn build(sh: &Shell, recipe: &Recipe, cache: &Path) -> anyhow::Result<PathBuf> {
+fn build(recipe: &Recipe, cache: &Path) -> anyhow::Result<PathBuf> {
     let started = Instant::now();
     let suite = recipe.suite;
     let tools = Tools::find()?;
-    if cmd!(sh, "id -u").quiet().read()? != "0" {
+    if !crate::deps::is_root() {
         bail!("building the test image needs root (mmdebstrap --mode=root, files owned by other users); run as root");
     }
     fs::create_dir_all(cache).with_context(|| {
@@ -323,7 +401,7 @@ fn build(sh: &Shell, recipe: &Recipe, cache: &Path) -> anyhow::Result<PathBuf> {
 
     {
         let _s = Stage::new(format!("mmdebstrap Debian {} ({})", suite.version(), suite.codename()));
-        mmdebstrap(sh, &tools, suite, &rootfs)?;
+        mmdebstrap(&tools, suite, recipe.flavor, &rootfs)?;
     }
     let kernel = {
         let _s = Stage::new("configure the root file system");
@@ -335,7 +413,7 @@ fn build(sh: &Shell, recipe: &Recipe, cache: &Path) -> anyhow::Result<PathBuf> {
     let boot_img = work.path.join("boot.img");
     {
         let _s = Stage::new("boot partition (FAT32 + syslinux, through mtools)");
-        make_boot_partition(sh, &tools, recipe, &kernel, &work.path, &boot_img)?;
+        make_boot_partition(&tools, recipe, &kernel, &work.path, &boot_img)?;
     }
     let root_img = work.path.join("root.img");
     let root_size = {
@@ -343,7 +421,7 @@ fn build(sh: &Shell, recipe: &Recipe, cache: &Path) -> anyhow::Result<PathBuf> {
         let content = content_size(&rootfs)?;
         let size = root_fs_size(content);
         eprintln!("files take {} MiB; file system of {} MiB", content.div_ceil(MIB), size / MIB);
-        make_root_partition(sh, &tools, recipe, &rootfs, &root_img, size)?;
+        make_root_partition(&tools, recipe, &rootfs, &root_img, size)?;
         remove_build_dir(&rootfs)?;
         size
     };
@@ -351,14 +429,17 @@ fn build(sh: &Shell, recipe: &Recipe, cache: &Path) -> anyhow::Result<PathBuf> {
     let raw = work.path.join("disk.raw");
     {
         let _s = Stage::new("assemble the raw disk (sfdisk, dd)");
-        assemble_disk(sh, &tools, recipe, &layout, &boot_img, &root_img, &raw)?;
+        assemble_disk(&tools, recipe, &layout, &boot_img, &root_img, &raw)?;
     }
     let image = cache.join(recipe.file_name());
     {
         let _s = Stage::new("compress to qcow2 (qemu-img convert -c)");
         let part = work.path.join("image.qcow2");
-        let qemu_img = &tools.qemu_img;
-        cmd!(sh, "{qemu_img} convert -c -f raw -O qcow2 {raw} {part}").run()?;
+        limited(&tools.qemu_img, COMPRESS_LIMIT)
+            .args(["convert", "-c", "-f", "raw", "-O", "qcow2"])
+            .arg(&raw)
+            .arg(&part)
+            .run_inherited()?;
         fs::rename(&part, &image).with_context(|| format!("cannot move the new image to {}", image.display()))?;
     }
     work.finish()?;
@@ -375,30 +456,29 @@ fn build(sh: &Shell, recipe: &Recipe, cache: &Path) -> anyhow::Result<PathBuf> {
     Ok(image)
 }
 
-fn mmdebstrap(sh: &Shell, tools: &Tools, suite: Suite, rootfs: &Path) -> anyhow::Result<()> {
-    let mmdebstrap = &tools.mmdebstrap;
-    let include = format!("--include={}", PACKAGES.join(","));
+fn mmdebstrap(tools: &Tools, suite: Suite, flavor: Flavor, rootfs: &Path) -> anyhow::Result<()> {
+    let include = format!("--include={}", [PACKAGES, flavor.packages()].concat().join(","));
     let dpkg_opts: Vec<String> = DPKG_EXCLUDES.iter().map(|o| format!("--dpkgopt={o}")).collect();
     // Before any package is installed, so the initramfs built when the kernel is installed
     // carries e2fsck: with FSTYPE=auto initramfs-tools reads the type from /etc/fstab, which
     // is still empty then (initramfs.conf(5)).
     let setup_hook = r#"--setup-hook=mkdir -p "$1/etc/initramfs-tools/conf.d" && echo FSTYPE=ext4 >"$1/etc/initramfs-tools/conf.d/almavmm-fsck""#;
-    let enable = r#"--customize-hook=chroot "$1" systemctl enable systemd-networkd.service"#;
+    let [on, off] = flavor.unit_hooks();
+    let enable = format!(r#"--customize-hook=chroot "$1" systemctl {on}"#);
+    let disable = format!(r#"--customize-hook=chroot "$1" systemctl {off}"#);
     let mask = format!(r#"--customize-hook=chroot "$1" systemctl mask {}"#, MASKED_UNITS.join(" "));
     // openssh-server's postinst generated these; every instance must get its own.
     let host_keys = r#"--customize-hook=rm -f "$1"/etc/ssh/ssh_host_*"#;
     // The mirror here is reached through a proxy that sometimes drops a connection.
     let retries = r#"--aptopt=Acquire::Retries "3""#;
-    let codename = suite.codename();
-    cmd!(
-        sh,
-        "{mmdebstrap} --mode=root --variant=minbase --components=main {include}
-            {retries} {dpkg_opts...}
-            {setup_hook} {enable} {mask} {host_keys}
-            {codename} {rootfs} {MIRROR}"
-    )
-    .run()?;
-    Ok(())
+    limited(&tools.mmdebstrap, DEBOOTSTRAP_LIMIT)
+        .args(["--mode=root", "--variant=minbase", "--components=main", include.as_str(), retries])
+        .args(&dpkg_opts)
+        .args([setup_hook, enable.as_str(), disable.as_str(), mask.as_str(), host_keys])
+        .arg(suite.codename())
+        .arg(rootfs)
+        .arg(MIRROR)
+        .run_inherited()
 }
 
 fn configure_rootfs(rootfs: &Path, recipe: &Recipe) -> anyhow::Result<()> {
@@ -408,12 +488,15 @@ fn configure_rootfs(rootfs: &Path, recipe: &Recipe) -> anyhow::Result<()> {
     write_file(rootfs, "etc/default/locale", "LANG=C.UTF-8\n")?;
     // Empty, not absent: systemd then writes a new one on first boot and treats it as such.
     write_file(rootfs, "etc/machine-id", "")?;
-    write_file(rootfs, CLOUD_CFG_PATH, CLOUD_CFG)?;
+    write_file(rootfs, CLOUD_CFG_PATH, recipe.flavor.cloud_cfg())?;
     let _ = fs::remove_file(rootfs.join("var/lib/dbus/machine-id"));
 
-    let networkd = ["usr/lib/systemd/systemd-networkd", "lib/systemd/systemd-networkd"];
-    if !networkd.iter().any(|p| rootfs.join(p).exists()) {
-        bail!("the root file system has no systemd-networkd, which cloud-init renders the network for");
+    let (manager, binaries): (&str, [&str; 2]) = match recipe.flavor {
+        Flavor::Nm => ("NetworkManager", ["usr/sbin/NetworkManager", "sbin/NetworkManager"]),
+        Flavor::Networkd => ("systemd-networkd", ["usr/lib/systemd/systemd-networkd", "lib/systemd/systemd-networkd"]),
+    };
+    if !binaries.iter().any(|p| rootfs.join(p).exists()) {
+        bail!("the root file system has no {manager}, which cloud-init renders the network for");
     }
     let left: Vec<String> = fs::read_dir(rootfs.join("etc/ssh"))?
         .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
@@ -487,36 +570,32 @@ fn pick_kernel(names: &[String]) -> anyhow::Result<String> {
 }
 
 fn make_boot_partition(
-    sh: &Shell,
     tools: &Tools,
     recipe: &Recipe,
     kernel: &Kernel,
     work: &Path,
     boot_img: &Path,
 ) -> anyhow::Result<()> {
-    let (mkfs_fat, syslinux, mcopy) = (&tools.mkfs_fat, &tools.syslinux, &tools.mcopy);
     let blocks_kib = (BOOT_SIZE / 1024).to_string();
     let hidden = (BOOT_START / SECTOR).to_string();
-    let volume_id = recipe.fat_volume_id();
     // -h: the partition's offset, which the FAT boot sector records (mkfs.fat(8)).
-    cmd!(sh, "{mkfs_fat} -C -F 32 -n {BOOT_LABEL} -i {volume_id} -h {hidden} {boot_img} {blocks_kib}")
-        .quiet()
-        .ignore_stdout()
+    limited(&tools.mkfs_fat, TOOL_LIMIT)
+        .args(["-C", "-F", "32", "-n", BOOT_LABEL, "-i", recipe.fat_volume_id(), "-h", hidden.as_str()])
+        .arg(boot_img)
+        .arg(&blocks_kib)
         .run()?;
     // syslinux(1): the mtools installer writes ldlinux.sys/.c32 and the boot sector into an
     // unmounted FAT image.
-    cmd!(sh, "{syslinux} --install {boot_img}").run()?;
+    limited(&tools.syslinux, TOOL_LIMIT).arg("--install").arg(boot_img).run()?;
     let cfg = work.join("syslinux.cfg");
     fs::write(&cfg, syslinux_cfg(&kernel_cmdline(&recipe.root_uuid())))?;
-    let (vmlinuz, initrd) = (&kernel.vmlinuz, &kernel.initrd);
-    cmd!(sh, "{mcopy} -i {boot_img} {vmlinuz} ::vmlinuz").run()?;
-    cmd!(sh, "{mcopy} -i {boot_img} {initrd} ::initrd.img").run()?;
-    cmd!(sh, "{mcopy} -i {boot_img} {cfg} ::syslinux.cfg").run()?;
+    for (file, name) in [(&kernel.vmlinuz, "::vmlinuz"), (&kernel.initrd, "::initrd.img"), (&cfg, "::syslinux.cfg")] {
+        limited(&tools.mcopy, TOOL_LIMIT).arg("-i").arg(boot_img).arg(file).arg(name).run()?;
+    }
     Ok(())
 }
 
 fn make_root_partition(
-    sh: &Shell,
     tools: &Tools,
     recipe: &Recipe,
     rootfs: &Path,
@@ -524,16 +603,14 @@ fn make_root_partition(
     size: u64,
 ) -> anyhow::Result<()> {
     fs::File::create(root_img)?.set_len(size)?;
-    let mkfs_ext4 = &tools.mkfs_ext4;
-    let uuid = recipe.root_uuid();
     // Inode tables and journal are written now, so the guest's ext4lazyinit thread has
     // nothing to do during a TCG boot; zeroes cost nothing once compressed.
-    cmd!(
-        sh,
-        "{mkfs_ext4} -q -F -b 4096 -L {ROOT_LABEL} -U {uuid}
-            -E lazy_itable_init=0,lazy_journal_init=0 -d {rootfs} {root_img}"
-    )
-    .run()?;
+    limited(&tools.mkfs_ext4, TOOL_LIMIT)
+        .args(["-q", "-F", "-b", "4096", "-L", ROOT_LABEL, "-U", recipe.root_uuid().as_str()])
+        .args(["-E", "lazy_itable_init=0,lazy_journal_init=0", "-d"])
+        .arg(rootfs)
+        .arg(root_img)
+        .run()?;
     Ok(())
 }
 
@@ -573,7 +650,6 @@ fn root_fs_size(content: u64) -> u64 {
 }
 
 fn assemble_disk(
-    sh: &Shell,
     tools: &Tools,
     recipe: &Recipe,
     layout: &Layout,
@@ -582,16 +658,28 @@ fn assemble_disk(
     raw: &Path,
 ) -> anyhow::Result<()> {
     fs::File::create(raw)?.set_len(layout.total)?;
-    let sfdisk = &tools.sfdisk;
-    cmd!(sh, "{sfdisk} --quiet --no-reread --no-tell-kernel {raw}")
-        .stdin(layout.sfdisk_script(recipe.disk_id()))
+    // sfdisk reads its script on standard input; a file there, so nothing can block.
+    let script = raw.with_extension("sfdisk");
+    fs::write(&script, layout.sfdisk_script(recipe.disk_id()))?;
+    limited(&tools.sfdisk, TOOL_LIMIT)
+        .args(["--quiet", "--no-reread", "--no-tell-kernel"])
+        .arg(raw)
+        .stdin_file(fs::File::open(&script)?)
         .run()?;
-    let boot_seek = (BOOT_START / MIB).to_string();
-    let root_seek = (layout.root_start / MIB).to_string();
-    cmd!(sh, "dd if={boot_img} of={raw} bs=1M seek={boot_seek} conv=notrunc,sparse status=none").run()?;
-    cmd!(sh, "dd if={root_img} of={raw} bs=1M seek={root_seek} conv=notrunc,sparse status=none").run()?;
+    let dd = |input: &Path, bs: &str, more: &[&str]| {
+        limited("dd", TOOL_LIMIT)
+            .arg(format!("if={}", input.display()))
+            .arg(format!("of={}", raw.display()))
+            .arg(format!("bs={bs}"))
+            .args(more)
+            .arg("status=none")
+            .run()
+    };
+    let seek = |bytes: u64| format!("seek={}", bytes / MIB);
+    dd(boot_img, "1M", &[&seek(BOOT_START), "conv=notrunc,sparse"])?;
+    dd(root_img, "1M", &[&seek(layout.root_start), "conv=notrunc,sparse"])?;
     // Boot code only: bytes 440.. hold the disk identifier and the partition table.
-    cmd!(sh, "dd if={MBR_BIN} of={raw} bs=440 count=1 conv=notrunc status=none").run()?;
+    dd(Path::new(MBR_BIN), "440", &["count=1", "conv=notrunc"])?;
     Ok(())
 }
 
@@ -717,6 +805,8 @@ fn remove_superseded(cache: &Path, recipe: &Recipe) -> anyhow::Result<()> {
     let (prefix, current) = (recipe.file_prefix(), recipe.file_name());
     for entry in fs::read_dir(cache)? {
         let name = entry?.file_name().to_string_lossy().into_owned();
+        // Images named before flavours (`debian-12-bookworm-HASH.qcow2`) are left alone: the
+        // cache may be shared with checkouts that still build them.
         if name.starts_with(&prefix) && name.ends_with(".qcow2") && name != current {
             eprintln!("removing {name}, built by an earlier recipe");
             fs::remove_file(cache.join(&name))?;
@@ -741,11 +831,25 @@ mod tests {
     }
 
     #[test]
-    fn image_names_carry_release_and_hash() {
-        let r = Recipe::new(Suite::Trixie);
+    fn image_names_carry_release_flavour_and_hash() {
+        let r = Recipe::new(Suite::Trixie, Flavor::Networkd);
         let name = r.file_name();
-        assert!(name.starts_with("debian-13-trixie-") && name.ends_with(".qcow2"), "{name}");
-        assert_eq!(name.len(), "debian-13-trixie-".len() + 16 + ".qcow2".len());
+        assert!(name.starts_with("debian-13-trixie-networkd-") && name.ends_with(".qcow2"), "{name}");
+        assert_eq!(name.len(), "debian-13-trixie-networkd-".len() + 16 + ".qcow2".len());
+        let nm = Recipe::new(Suite::Trixie, Flavor::Nm);
+        assert!(nm.file_name().starts_with("debian-13-trixie-nm-"));
+        assert_ne!(nm.hash, r.hash, "the flavour is part of the recipe");
+        // One flavour's clean-up never takes the other's image, only the pre-flavour names.
+        assert!(!nm.file_name().starts_with(&r.file_prefix()) && !r.file_name().starts_with(&nm.file_prefix()));
+    }
+
+    #[test]
+    fn flavours_differ_only_in_their_network_manager() {
+        assert_eq!(Flavor::Nm.packages(), ["network-manager"]);
+        assert!(!PACKAGES.contains(&"systemd-resolved") && !PACKAGES.contains(&"network-manager"));
+        assert!(Flavor::Nm.cloud_cfg().contains("renderers: [ network-manager ]"));
+        assert!(Flavor::Networkd.cloud_cfg().contains("renderers: [ networkd ]"));
+        assert!(Flavor::Nm.unit_hooks()[1].contains("mask systemd-networkd.service"));
     }
 
     #[test]

@@ -3,18 +3,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use xshell::Shell;
-
 /// The workspace root (xtask lives one level below it).
 pub fn project_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask has a parent").to_path_buf()
-}
-
-/// A shell rooted at the workspace.
-pub fn shell() -> anyhow::Result<Shell> {
-    let sh = Shell::new()?;
-    sh.change_dir(project_root());
-    Ok(sh)
 }
 
 /// Print a stage header now and its duration when the returned guard drops.

@@ -6,6 +6,8 @@
 pub mod qemu;
 pub mod vmd;
 
+pub use qemu::accel::AccelChoice;
+
 use std::time::Duration;
 
 use almavmm_shared::runner::RunError;
@@ -137,7 +139,20 @@ pub trait Backend {
     /// Forget the guest (vmd: remove its vm.conf entry). The guest must be stopped.
     fn undefine(&self, vm: &Vm) -> Result<()>;
 
-    fn start(&self, vm: &Vm) -> Result<()>;
+    /// Boot the guest. `accel` is QEMU's (vmd has only vmm(4)).
+    fn start(&self, vm: &Vm, accel: AccelChoice) -> Result<()>;
+
+    /// A guest that the hypervisor halted while booting, before its sshd answered: if the
+    /// backend knows a way that works (QEMU: TCG instead of a KVM that passed the probe
+    /// but cannot run this guest), start it again that way and say so in one line.
+    fn recover_crashed_boot(&self, _vm: &Vm) -> Result<Option<String>> {
+        Ok(None)
+    }
+
+    /// What this guest finds itself running on (QEMU: its run's accelerator).
+    fn guest_hypervisor(&self, _vm: &Vm) -> Hypervisor {
+        self.hypervisor()
+    }
 
     fn state(&self, vm: &Vm) -> Result<RunState>;
 
@@ -152,12 +167,12 @@ pub trait Backend {
 
     /// Host checks particular to this backend, for `doctor` (vmd: firmware, forwarding,
     /// pf, resume hook).
-    fn host_checks(&self) -> Vec<crate::doctor::Check> {
+    fn host_checks(&self) -> Vec<crate::check::Check> {
         Vec::new()
     }
 
     /// Host-side checks of one guest (vmd: its tap interface is up).
-    fn guest_host_checks(&self, _vm: &Vm) -> Vec<crate::doctor::Check> {
+    fn guest_host_checks(&self, _vm: &Vm) -> Vec<crate::check::Check> {
         Vec::new()
     }
 }

@@ -1,9 +1,7 @@
 //! Measuring and setting a guest's clock from the host, over one SSH session with the
 //! agent's `clock probe` line protocol (defined in `almavmm_shared::clock`).
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
-use almavmm_shared::clock::{Estimate, ProtocolError, Reply, Request, RtcWrite, Sample};
+use almavmm_shared::clock::{Estimate, ProtocolError, Reply, Request, RtcWrite, Sample, unix_now_ns};
 use almavmm_shared::paths;
 use almavmm_shared::runner::{Piped, RunError};
 use serde::Serialize;
@@ -29,11 +27,6 @@ pub enum ClockError {
     },
     #[error("{alias}'s agent refused: {message}")]
     Refused { alias: String, message: String },
-}
-
-/// The host's wall clock in ns since the epoch.
-pub fn host_now_ns() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
 }
 
 /// A measurement, as reported (`doctor --json`, `sync`).
@@ -98,6 +91,9 @@ impl Session {
         let line = self.pipe.recv().map_err(|e| self.broken(e.to_string()))?;
         let Some(line) = line else {
             let stderr = self.pipe.stderr_after_end();
+            if self.pipe.was_killed_for_time() {
+                return Err(ClockError::Run(self.pipe.timed_out()));
+            }
             if let Some(e) = self.target.as_ref().and_then(|t| t.classify(&stderr)) {
                 return Err(e.into());
             }
@@ -119,10 +115,10 @@ impl Session {
         let mut samples = Vec::with_capacity(rounds);
         for _ in 0..rounds {
             self.seq += 1;
-            let t0 = host_now_ns();
+            let t0 = unix_now_ns();
             self.pipe.send(&Request::Probe { seq: self.seq }.encode()).map_err(|e| self.broken(e.to_string()))?;
             let reply = self.reply()?;
-            let t2 = host_now_ns();
+            let t2 = unix_now_ns();
             match reply {
                 Reply::Time { seq, guest_ns } if seq == self.seq => {
                     samples.push(Sample { t0_ns: t0, t1_ns: guest_ns, t2_ns: t2 })
@@ -138,7 +134,7 @@ impl Session {
     /// Step the guest to host time, compensating half of the best round trip seen.
     pub fn set(&mut self, rtt_ns: i64) -> Result<RtcWrite, ClockError> {
         self.pipe
-            .send(&Request::Set { host_ns: host_now_ns(), rtt_ns }.encode())
+            .send(&Request::Set { host_ns: unix_now_ns(), rtt_ns }.encode())
             .map_err(|e| self.broken(e.to_string()))?;
         match self.reply()? {
             Reply::SetDone { rtc, .. } => Ok(rtc),

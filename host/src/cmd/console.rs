@@ -2,7 +2,7 @@
 
 use clap::Args;
 
-use super::common;
+use crate::lifecycle;
 use crate::state::name::VmName;
 
 #[derive(Debug, Args)]
@@ -15,7 +15,7 @@ pub struct ConsoleArgs {
 }
 
 pub fn run(args: ConsoleArgs) -> anyhow::Result<u8> {
-    let g = common::open(&args.name)?;
+    let g = lifecycle::open(&args.name)?;
     g.backend.console(&g.vm)?;
     Ok(crate::exit::OK)
 }

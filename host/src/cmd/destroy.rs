@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::bail;
 use clap::Args;
 
-use super::common;
+use crate::lifecycle;
 use crate::state::name::VmName;
 
 #[derive(Debug, Args)]
@@ -20,7 +20,7 @@ pub struct DestroyArgs {
 }
 
 pub fn run(args: DestroyArgs) -> anyhow::Result<u8> {
-    let g = common::open(&args.name)?;
+    let g = lifecycle::open(&args.name)?;
     let _lock = g.vm.lock()?;
     if !args.yes {
         if !std::io::stdin().is_terminal() {
@@ -38,9 +38,12 @@ pub fn run(args: DestroyArgs) -> anyhow::Result<u8> {
             bail!("not confirmed; {} is untouched", g.vm.name);
         }
     }
-    super::stop::stop(&g, Duration::from_secs(60))?;
+    lifecycle::stop(&g, Duration::from_secs(60))?;
     g.backend.undefine(&g.vm)?;
     std::fs::remove_dir_all(&g.vm.dir)?;
+    if let Some(exe) = crate::agent::locate::own_exe() {
+        crate::ssh::config::refresh(&g.home, &exe);
+    }
     eprintln!("{} destroyed (its base image stays in {})", g.vm.name, g.home.images_dir().display());
     Ok(crate::exit::OK)
 }

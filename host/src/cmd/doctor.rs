@@ -14,7 +14,11 @@ use crate::state::vm::Vm;
 #[derive(Debug, Args)]
 #[command(after_help = "\
 Checks, in order: host (backend, accelerator; on OpenBSD vmd, firmware, forwarding, pf, resume
-hook), guest (running, address, SSH with the pinned key, agent and protocol), clock (clock path,
+hook; host.space: free space under $ALMAVMM_HOME, warn below what the guests' disks may still
+grow to, fail below 1 GiB), guest (running, address, SSH with the pinned key, agent and
+protocol; guest.disk: blocks or inodes of a local filesystem, warn from 85% used, fail from
+95%; guest.memory: warn above 25% of swap in use or after an OOM kill; guest.load: warn when
+the 15-minute load exceeds the CPUs; guest.units: warn on failed systemd units), clock (clock path,
 clocksource, offset from the host measured over one SSH session: best of 16 rounds, error bound
 = half the round trip; warn above 100 ms, fail above 1 s), network from inside the guest
 (address, default route, DNS servers, a name resolves, the gateway answers).
@@ -35,7 +39,7 @@ pub struct DoctorArgs {
     pub json: bool,
 }
 
-fn host_checks(backend: &dyn Backend) -> (Vec<Check>, Hypervisor) {
+fn host_checks(home: &Home, backend: &dyn Backend) -> (Vec<Check>, Hypervisor) {
     let mut checks = Vec::new();
     let hv = backend.hypervisor();
     match backend.check() {
@@ -55,13 +59,16 @@ fn host_checks(backend: &dyn Backend) -> (Vec<Check>, Hypervisor) {
         )),
     }
     checks.extend(backend.host_checks());
+    checks.push(doctor::space::check(home));
     (checks, hv)
 }
 
 /// Everything about one guest.
 pub fn check_guest(home: &Home, vm: &Vm) -> anyhow::Result<Report> {
     let backend = backend::for_kind(vm.spec.backend, home)?;
-    let (mut checks, hv) = host_checks(backend.as_ref());
+    let (mut checks, _) = host_checks(home, backend.as_ref());
+    // The guest's own run decides what it should find (QEMU: the accelerator it got).
+    let hv = backend.guest_hypervisor(vm);
     checks.extend(backend.guest_host_checks(vm));
     let name = vm.name.as_str();
     let state = backend.state(vm)?;
@@ -148,7 +155,7 @@ pub fn run(args: DoctorArgs) -> anyhow::Result<u8> {
             let vms: Vec<Vm> = Vm::load_all(&home).into_iter().collect::<Result<_, _>>()?;
             if vms.is_empty() {
                 let b = backend::for_kind(crate::state::spec::BackendKind::native(), &home)?;
-                vec![Report::new(None, host_checks(b.as_ref()).0, None)]
+                vec![Report::new(None, host_checks(&home, b.as_ref()).0, None)]
             } else {
                 vms.iter().map(|vm| check_guest(&home, vm)).collect::<anyhow::Result<_>>()?
             }

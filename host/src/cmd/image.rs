@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 
-use crate::image::{self, ImageSource, Inspection, Trust};
+use crate::args::VerifyArgs;
+use crate::image::{self, ImageSource, Inspection};
 use crate::state::home::Home;
 use crate::ui::human_bytes;
 
@@ -54,43 +55,6 @@ pub struct FetchArgs {
     pub verify: VerifyArgs,
 }
 
-/// How an image is vouched for: the flags `image fetch` and `up` share.
-#[derive(Debug, Clone, Args)]
-pub struct VerifyArgs {
-    /// Checksum list [default: CHECKSUM in the image's folder].
-    #[arg(long, value_name = "URL")]
-    pub checksum_url: Option<String>,
-
-    /// OpenPGP key that signs the checksum list, instead of AlmaLinux's (file or URL).
-    #[arg(long, value_name = "PATH|URL", requires = "signing_key_fingerprint")]
-    pub signing_key: Option<String>,
-
-    /// Full fingerprint of --signing-key (40 hex digits, as `gpg --fingerprint` prints).
-    #[arg(long, value_name = "HEX", requires = "signing_key")]
-    pub signing_key_fingerprint: Option<String>,
-
-    /// Do not check the checksum list's signature; its SHA-256 is still compared. Dangerous:
-    /// anyone who can change the download can change an unsigned list.
-    #[arg(long, conflicts_with_all = ["signing_key", "signing_key_fingerprint"])]
-    pub insecure_skip_verify: bool,
-}
-
-impl VerifyArgs {
-    /// The trust these flags ask for, warning loudly when it is none.
-    pub fn trust(&self) -> Trust {
-        match (self.insecure_skip_verify, &self.signing_key, &self.signing_key_fingerprint) {
-            (true, _, _) => {
-                eprintln!(
-                    "WARNING: --insecure-skip-verify: the checksum list's signature is NOT checked; nothing proves this image is genuine"
-                );
-                Trust::InsecureSkipVerify
-            }
-            (false, Some(key), Some(fingerprint)) => Trust::Key { key: key.clone(), fingerprint: fingerprint.clone() },
-            _ => Trust::AlmaLinux9,
-        }
-    }
-}
-
 #[derive(Debug, Args)]
 #[command(after_help = "\
 vmd (OpenBSD) reads qcow2 versions 2 and 3 but cannot run an image with compressed clusters
@@ -120,7 +84,7 @@ in the output (`vmd.can_run` with --json).
   compressed    true if any layer holds a compressed cluster
   vmd           {can_run, problems: [{code, file, message}]}; codes: not_qcow2,
                 compressed_clusters, zero_clusters, refcount_order, incompatible_features,
-                corrupt, encrypted, cluster_size_mismatch, chain_too_deep,
+                corrupt, encrypted, cluster_size_mismatch, overlay_cluster_size, chain_too_deep,
                 relative_backing, backing_missing, backing_not_qcow2, backing_unreadable
 
 A file that starts like qcow2 but cannot be read as one (truncated, damaged) is an error
@@ -280,18 +244,5 @@ fn verdict(s: &mut String, i: &Inspection) {
         _ => {
             let _ = writeln!(s, "`almavmm-host image prepare {}` makes a base vmd can run.", i.path.display());
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use clap::CommandFactory;
-
-    #[test]
-    fn fetch_help_names_the_pinned_fingerprint() {
-        let mut cli = crate::cli::Cli::command();
-        let fetch = cli.find_subcommand_mut("image").unwrap().find_subcommand_mut("fetch").unwrap();
-        let help = fetch.render_long_help().to_string();
-        assert!(help.contains(crate::image::ALMALINUX_9_FINGERPRINT), "{help}");
     }
 }

@@ -1,6 +1,5 @@
 //! One module per subcommand: its arguments (clap) and its `run`.
 
-pub mod common;
 pub mod console;
 pub mod destroy;
 pub mod doctor;

@@ -10,9 +10,9 @@ use clap::Args;
 
 use crate::seed::{self, AgentPayload, Checksummed, SeedInputs};
 use crate::ssh::keys;
-use crate::state::atomic::{self, Durability};
 use crate::state::name::VmName;
 use crate::ui;
+use almavmm_shared::atomic::{self, Durability};
 
 #[derive(Debug, Args)]
 #[command(after_help = "\

@@ -5,18 +5,20 @@
 //! stdout belongs to ssh's transport: nothing but relayed bytes is ever written to it.
 //! Progress and errors go to stderr.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Args;
 
+use almavmm_shared::clock::unix_now;
 use almavmm_shared::runner::Cmd;
+use almavmm_shared::wait::{Deadline, wait_until};
 
-use super::common;
 use crate::backend::RunState;
 use crate::clock::{self, human_offset};
 use crate::exit::Classified;
-use crate::proxy::{guest_of_host, idle, lease, relay};
+use crate::lifecycle;
+use crate::proxy::{guest_of_host, idle, lease, relay, start};
 use crate::ssh::client::Target;
 use crate::state::home::Home;
 use crate::state::name::VmName;
@@ -57,12 +59,26 @@ pub struct ReaperArgs {
     pub idle: u64,
 }
 
+/// A line for the person running ssh. With ControlPersist set, ssh points our stderr at
+/// /dev/null (sshconnect.c, `ssh_proxy_connect`), so a cold start would be a silent minute:
+/// then the line goes to the terminal ssh runs on, if there is one.
 fn say(msg: impl std::fmt::Display) {
-    eprintln!("almavmm: {msg}");
+    use std::io::Write;
+    let line = format!("almavmm: {msg}\n");
+    if stderr_is_dev_null()
+        && let Ok(mut tty) = std::fs::OpenOptions::new().write(true).open("/dev/tty")
+    {
+        let _ = tty.write_all(line.as_bytes());
+        return;
+    }
+    eprint!("{line}");
 }
 
-fn unix_now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+fn stderr_is_dev_null() -> bool {
+    let (Ok(err), Ok(null)) = (nix::sys::stat::fstat(std::io::stderr()), nix::sys::stat::stat("/dev/null")) else {
+        return false;
+    };
+    (err.st_dev, err.st_ino, err.st_rdev) == (null.st_dev, null.st_ino, null.st_rdev)
 }
 
 pub fn run(args: SshProxyArgs) -> anyhow::Result<u8> {
@@ -76,19 +92,13 @@ pub fn run(args: SshProxyArgs) -> anyhow::Result<u8> {
     if !home.vm_dir(&name).join("vm.yaml").is_file() {
         return Err(unknown(&home, &args.host));
     }
-    let g = common::open(&name)?;
+    let g = lifecycle::open(&name)?;
     // Take the lease before anything else: a reaper that wakes up now sees us and waits.
     let lease = lease::take(&g.vm.dir, std::process::id())?;
-    let started_here = ensure_running(&g, Duration::from_secs(args.timeout))?;
-    let deadline = Instant::now() + Duration::from_secs(args.timeout);
-    let endpoint = loop {
-        if let Some(ep) = g.backend.ssh_endpoint(&g.vm)? {
-            break ep;
-        }
-        if Instant::now() >= deadline {
-            bail!("{name} is running but has no address after {}s", args.timeout);
-        }
-        std::thread::sleep(Duration::from_millis(50));
+    let started_here = open_session(&g)?;
+    let deadline = Deadline::after(Duration::from_secs(args.timeout));
+    let Some(endpoint) = wait_until(deadline, Duration::from_millis(50), || g.backend.ssh_endpoint(&g.vm))? else {
+        bail!("{name} is running but has no address after {}s", args.timeout);
     };
     if started_here {
         say(format!("waiting for {name}'s sshd at {endpoint}"));
@@ -96,20 +106,33 @@ pub fn run(args: SshProxyArgs) -> anyhow::Result<u8> {
     // The connection that proves sshd is up (its banner arrived) is the one relayed: no
     // extra connection, which would cost the guest a whole sshd session. Short polls: the
     // relay begins within ~50 ms of sshd answering.
-    let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_secs(5));
+    let left = deadline.left().max(Duration::from_secs(5));
     let answered = relay::connect_answered(&endpoint, Duration::from_millis(50), left).with_context(|| {
         format!("{name}'s SSH server never came up at {endpoint}; see `almavmm-host console {name}`")
     })?;
     if started_here {
         g.vm.log_event("ssh-proxy: sshd answers");
     }
-    check_clock(&g.vm, &endpoint, started_here);
+    // The clock is checked on a connection of its own while the session is relayed: the
+    // user's first bytes do not wait for it.
+    let clock = {
+        let (vm, endpoint) = (g.vm.clone(), endpoint.clone());
+        std::thread::spawn(move || check_clock(&vm, &endpoint, started_here))
+    };
+    lease.relaying()?;
     if started_here {
         g.vm.log_event("ssh-proxy: relaying");
     }
 
     let result = relay::relay_answered(std::io::stdin(), std::io::stdout(), answered);
+    release_stdout();
+    if started_here {
+        g.vm.log_event("ssh-proxy: session ended");
+    }
 
+    // Let a clock check that is still under way finish (it is bounded by its ssh's limit),
+    // so that every cold start is measured and logged even after a short session.
+    let _ = clock.join();
     drop(lease);
     lease::record_end(&g.vm.dir, unix_now());
     if g.vm.state().started_by == StartedBy::Proxy {
@@ -119,27 +142,34 @@ pub fn run(args: SshProxyArgs) -> anyhow::Result<u8> {
     Ok(crate::exit::OK)
 }
 
+/// Point fd 1 at /dev/null: the relay is over, and ssh (or its ControlMaster) must see end
+/// of file now, not when this process exits after its bookkeeping.
+fn release_stdout() {
+    if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
+        let _ = nix::unistd::dup2_stdout(&null);
+    }
+}
+
 fn unknown(home: &Home, host: &str) -> anyhow::Error {
     Classified::NoSuchGuest { name: guest_of_host(host).to_string(), known: home.guest_names() }.into()
 }
 
-/// Start the guest if it is down. Concurrent proxies serialise on the guest's lock, so only
-/// one of them starts it. Returns whether this proxy started it.
-fn ensure_running(g: &common::Guest, limit: Duration) -> anyhow::Result<bool> {
-    if g.backend.state(&g.vm)? == RunState::Running {
-        return Ok(false);
-    }
-    let _lock = VmLock::acquire_wait(&g.vm.lock_path(), g.vm.name.as_str(), limit)?;
-    match g.backend.state(&g.vm)? {
-        RunState::Running => Ok(false),
-        RunState::Paused => bail!("{} is paused; resume it first", g.vm.name),
-        _ => {
-            if g.vm.state().provisioned_instance.as_deref() != Some(g.vm.spec.instance_id.as_str()) {
-                bail!("{} was never brought up completely; run `almavmm-host up {}`", g.vm.name, g.vm.name);
-            }
+/// Decide, under the guest's lock, whether to relay to it as it is or to start it first
+/// (the protocol in `proxy/mod.rs`): a stop in progress holds the lock, so we wait for it to
+/// end and then start the guest again, and never relay to a guest that is going down.
+/// Returns whether this proxy started it.
+fn open_session(g: &lifecycle::Guest) -> anyhow::Result<bool> {
+    let _lock = g.vm.lock_waiting(lifecycle::LOCK_WAIT)?;
+    let provisioned = g.vm.state().provisioned_instance.as_deref() == Some(g.vm.spec.instance_id.as_str());
+    match start::plan(g.vm.name.as_str(), g.backend.state(&g.vm)?, provisioned) {
+        start::Plan::Relay => Ok(false),
+        start::Plan::Refuse(why) => bail!(why),
+        start::Plan::Start => {
             say(format!("starting {}", g.vm.name));
             g.backend.define(&g.vm)?;
-            g.backend.start(&g.vm).with_context(|| format!("could not start {}", g.vm.name))?;
+            g.backend
+                .start(&g.vm, crate::backend::AccelChoice::from_env())
+                .with_context(|| format!("could not start {}", g.vm.name))?;
             g.vm.update_state(|s| s.started_by = StartedBy::Proxy)?;
             g.vm.log_event("started by ssh-proxy");
             Ok(true)
@@ -162,8 +192,13 @@ fn check_clock(vm: &Vm, endpoint: &crate::backend::Endpoint, started_here: bool)
             say(format!("{}'s clock was off by {b}; synced (now {a})", vm.name));
             vm.log_event(&format!("clock synced by ssh-proxy: {b} -> {a}"));
         }
-        Ok((_, None)) => {}
-        Err(e) => say(format!("could not check {}'s clock: {e}", vm.name)),
+        Ok((before, None)) => {
+            vm.log_event(&format!("clock checked by ssh-proxy: {} off, no sync needed", human_offset(before.offset_ns)))
+        }
+        Err(e) => {
+            say(format!("could not check {}'s clock: {e}", vm.name));
+            vm.log_event(&format!("clock check by ssh-proxy failed: {e}"));
+        }
     }
     let _ = vm.update_state(|s| s.last_clock_check = Some(now));
 }
@@ -198,9 +233,6 @@ pub fn reap(args: ReaperArgs) -> anyhow::Result<u8> {
     }
 }
 
-/// How long an idle stop waits for a clean power-off before forcing it.
-pub const IDLE_STOP_TIMEOUT: Duration = Duration::from_secs(120);
-
 /// Stop under the guest's lock, deciding once more inside it: a proxy may have started a
 /// session between our decision and the lock.
 fn stop_if_still_idle(home: &Home, vm: &Vm, idle_secs: u64) -> anyhow::Result<u8> {
@@ -212,11 +244,10 @@ fn stop_if_still_idle(home: &Home, vm: &Vm, idle_secs: u64) -> anyhow::Result<u8
     if idle::decide(st.started_by, live, lease::last_end(&vm.dir), unix_now(), idle_secs) != idle::Decision::Stop {
         return Ok(crate::exit::OK);
     }
-    let g =
-        common::Guest { home: home.clone(), vm: vm.clone(), backend: crate::backend::for_kind(vm.spec.backend, home)? };
+    let g = lifecycle::Guest::of(home.clone(), vm.clone())?;
     if g.backend.state(&g.vm)? == RunState::Running {
         vm.log_event("stopping: idle after the last ssh-proxy session");
-        super::stop::stop(&g, IDLE_STOP_TIMEOUT)?;
+        lifecycle::stop(&g, idle::IDLE_STOP_TIMEOUT)?;
     }
     Ok(crate::exit::OK)
 }

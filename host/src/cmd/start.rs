@@ -5,9 +5,8 @@ use std::time::Duration;
 use anyhow::bail;
 use clap::Args;
 
-use super::common;
-use crate::backend::RunState;
-use crate::ssh::client;
+use crate::backend::{AccelChoice, RunState};
+use crate::lifecycle;
 use crate::state::name::VmName;
 use crate::state::vm::StartedBy;
 
@@ -18,11 +17,17 @@ pub struct StartArgs {
     /// Seconds to wait for its sshd to answer (0: do not wait).
     #[arg(long, value_name = "SECS", default_value_t = 600)]
     pub timeout: u64,
+
+    /// QEMU accelerator: auto uses KVM when a test guest runs under it, and restarts a guest
+    /// that crashes under KVM before its sshd answered under TCG (remembered until the
+    /// host reboots); kvm and tcg force one. vmd has vmm(4) only.
+    #[arg(long, value_enum, env = "ALMAVMM_ACCEL", default_value_t = AccelChoice::Auto)]
+    pub accel: AccelChoice,
 }
 
 pub fn run(args: StartArgs) -> anyhow::Result<u8> {
-    let g = common::open(&args.name)?;
-    let _lock = g.vm.lock_waiting(common::LOCK_WAIT)?;
+    let g = lifecycle::open(&args.name)?;
+    let _lock = g.vm.lock_waiting(lifecycle::LOCK_WAIT)?;
     if g.vm.state().provisioned_instance.as_deref() != Some(g.vm.spec.instance_id.as_str()) {
         bail!("{} was never brought up completely; run `almavmm-host up {}`", g.vm.name, g.vm.name);
     }
@@ -37,16 +42,15 @@ pub fn run(args: StartArgs) -> anyhow::Result<u8> {
         _ => {}
     }
     g.backend.define(&g.vm)?;
-    g.backend.start(&g.vm)?;
+    g.backend.start(&g.vm, args.accel)?;
     // Started by a person: the ssh-proxy must never stop it.
     g.vm.update_state(|s| s.started_by = StartedBy::Hand)?;
     g.vm.log_event("started by hand");
     eprintln!("{} started", g.vm.name);
     if args.timeout > 0 {
         let Some(t) = g.target()? else { bail!("{} started but has no address", g.vm.name) };
-        let banner =
-            client::wait_for_banner(&t.endpoint, Duration::from_millis(250), Duration::from_secs(args.timeout))?;
-        eprintln!("{}'s sshd answers at {} ({banner})", g.vm.name, t.endpoint);
+        lifecycle::wait_sshd(g.backend.as_ref(), &g.vm, &t.endpoint, Duration::from_secs(args.timeout))?;
+        eprintln!("{}'s sshd answers at {}", g.vm.name, t.endpoint);
     }
     Ok(crate::exit::OK)
 }

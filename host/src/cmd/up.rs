@@ -8,23 +8,25 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use almavmm_shared::wait::{Deadline, wait_until};
 use anyhow::{Context, bail};
 use clap::Args;
 use serde::Serialize;
 
-use crate::agent::{bundle, locate, remote};
-use crate::backend::{self, Backend, Endpoint, RunState};
+use crate::agent::{self, remote};
+use crate::backend::{self, AccelChoice, Backend, Endpoint, RunState};
 use crate::image::{self, ImageSource, Trust};
+use crate::lifecycle;
 use crate::seed::{self, AgentPayload, Checksummed, SeedInputs};
 use crate::ssh::client::{self, Target};
 use crate::ssh::keys;
-use crate::state::atomic::Durability;
 use crate::state::home::Home;
 use crate::state::name::VmName;
 use crate::state::size::ByteSize;
 use crate::state::spec::{BackendKind, ImageSpec, ImageTrust, VmSpec};
 use crate::state::vm::{StartedBy, Vm};
-use crate::ui::progress::{StageRecord, Stages};
+use crate::ui::progress::{Ended, FailsAs, Running, StageRecord, Stages};
+use almavmm_shared::atomic::Durability;
 
 const DEFAULT_MEMORY: ByteSize = ByteSize::gib(2);
 const DEFAULT_DISK: ByteSize = ByteSize::gib(20);
@@ -66,7 +68,7 @@ pub struct UpArgs {
 
     /// How the image is verified (recorded in the guest's spec).
     #[command(flatten)]
-    pub verify: super::image::VerifyArgs,
+    pub verify: crate::args::VerifyArgs,
 
     /// Your SSH public key [default: ~/.ssh/id_ed25519.pub].
     #[arg(long, value_name = "PATH")]
@@ -91,6 +93,12 @@ pub struct UpArgs {
     /// How long to wait for the guest's sshd and then for its agent setup, in seconds.
     #[arg(long, value_name = "SECS", default_value_t = 900)]
     pub timeout: u64,
+
+    /// QEMU accelerator: auto uses KVM when a test guest runs under it, and restarts a guest
+    /// that crashes under KVM before its sshd answered under TCG (remembered until the
+    /// host reboots); kvm and tcg force one. vmd has vmm(4) only.
+    #[arg(long, value_enum, env = "ALMAVMM_ACCEL", default_value_t = AccelChoice::Auto)]
+    pub accel: AccelChoice,
 
     /// Print a machine-readable result on stdout when done (progress stays on stderr).
     #[arg(long)]
@@ -150,6 +158,10 @@ pub fn run(args: UpArgs) -> anyhow::Result<u8> {
     let mut stages = Stages::new(STAGES, false);
     let result = bring_up(&home, &vm, backend.as_ref(), &args, &mut stages);
     drop(lock);
+    // The guest exists now, whether or not it came up: `ssh NAME.almavmm` should know it.
+    if let Some(exe) = agent::locate::own_exe() {
+        crate::ssh::config::refresh(&home, &exe);
+    }
     let result = result?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&result)?);
@@ -293,45 +305,66 @@ fn host_setup(backend: &dyn Backend) -> anyhow::Result<String> {
     Ok(format!("{} change(s) applied", applied.len()))
 }
 
+/// What every stage of one `up` works on.
+struct Up<'a> {
+    home: &'a Home,
+    vm: &'a Vm,
+    backend: &'a dyn Backend,
+    args: &'a UpArgs,
+    /// How long to wait for sshd, then for the agent's first-boot setup.
+    timeout: Duration,
+    /// This instance has finished first boot: its seed no longer holds the private host key.
+    provisioned: bool,
+}
+
 fn bring_up(home: &Home, vm: &Vm, backend: &dyn Backend, args: &UpArgs, st: &mut Stages) -> anyhow::Result<UpResult> {
-    let timeout = Duration::from_secs(args.timeout);
     let state = vm.state();
     let provisioned = state.provisioned_instance.as_deref() == Some(vm.spec.instance_id.as_str());
+    let up = Up { home, vm, backend, args, timeout: Duration::from_secs(args.timeout), provisioned };
 
-    // 1. host
-    let s = st.start("host");
-    let setup = match host_setup(backend) {
-        Ok(d) => d,
-        Err(e) => {
-            st.failed(s, "host setup failed");
-            return Err(e);
-        }
-    };
-    match backend.check() {
-        Ok(desc) => st.done(s, format!("{desc}; {setup}")),
-        Err(e) => {
-            st.failed(s, "backend unavailable");
-            return Err(e.into());
-        }
-    }
+    st.run("host", |_| up.check_host())?;
     let already_up = provisioned && backend.state(vm)? == RunState::Running;
+    let base = st.run("image", |s| up.fetch_and_prepare_image(s))?;
+    st.run("disk", |_| up.create_disk(base))?;
+    st.run("seed", |_| up.write_seed())?;
+    st.run("define", |_| up.define_guest())?;
+    st.run("start", |_| up.start_guest())?;
+    let endpoint = st.run("address", |_| up.wait_for_address())?;
+    let target = Target::for_vm(vm, endpoint.clone());
+    st.run("ssh", |s| up.check_pinned_ssh(s, &endpoint, &target))?;
+    st.run("agent", |s| up.wait_for_agent_setup(s, &target))?;
+    st.run("seed scrub", |_| up.scrub_seed())?;
+    st.run("clock", |_| up.sync_clock(&target))?;
+    let health = st.run("health", |_| up.health_summary(&target))?;
 
-    // 2. image: only needed while the disk does not exist yet.
-    let s = st.start("image");
-    let base = if vm.disk().is_file() {
-        st.skipped(s, "the guest's disk exists");
-        None
-    } else {
+    let ssh = say_how_to_connect(vm, endpoint, already_up);
+    Ok(UpResult { name: vm.name.to_string(), state: "running", already_up, ssh, stages: st.records().to_vec(), health })
+}
+
+impl Up<'_> {
+    /// Host setup first: before anything asks vmd a question, as it may not run yet.
+    fn check_host(&self) -> anyhow::Result<Ended> {
+        let setup = host_setup(self.backend).fails_as("host setup failed")?;
+        let desc = self.backend.check().fails_as("backend unavailable")?;
+        Ok(Ended::done(format!("{desc}; {setup}")))
+    }
+
+    /// The prepared base image: only needed while the disk does not exist yet.
+    fn fetch_and_prepare_image(&self, s: &Running) -> anyhow::Result<Ended<Option<PathBuf>>> {
+        let vm = self.vm;
+        if vm.disk().is_file() {
+            return Ok(Ended::skipped("the guest's disk exists").with(None));
+        }
         let src = image_source(&vm.spec.image);
-        st.note(&s, "fetching and verifying");
-        let fetched = image::fetch(home, &src)?;
+        s.note("fetching and verifying");
+        let fetched = image::fetch(self.home, &src)?;
         if let Some(known) = &vm.spec.image.sha256
             && *known != fetched.sha256
         {
             tracing::info!("image changed since {} was created: {known} -> {}", vm.name, fetched.sha256);
         }
-        st.note(&s, "inspecting and preparing");
-        let prepared = image::prepare(home, &fetched.path, &fetched.sha256)?;
+        s.note("inspecting and preparing");
+        let prepared = image::prepare(self.home, &fetched.path, &fetched.sha256)?;
         let mut spec = vm.spec.clone();
         spec.image.sha256 = Some(fetched.sha256.clone());
         Vm { spec: spec.clone(), ..vm.clone() }.save_spec()?;
@@ -346,151 +379,144 @@ fn bring_up(home: &Home, vm: &Vm, backend: &dyn Backend, args: &UpArgs, st: &mut
             },
             if prepared.converted { "converted for vmd (no compressed clusters)" } else { "usable as is" }
         );
-        st.done(s, how);
-        Some(prepared.path)
-    };
+        Ok(Ended::done(how).with(Some(prepared.path)))
+    }
 
-    // 3. disk
-    let s = st.start("disk");
-    if vm.disk().is_file() {
-        st.skipped(s, "exists; never overwritten");
-    } else {
+    fn create_disk(&self, base: Option<PathBuf>) -> anyhow::Result<Ended> {
+        let vm = self.vm;
+        if vm.disk().is_file() {
+            return Ok(Ended::skipped("exists; never overwritten"));
+        }
         let base = base.expect("the image stage ran because the disk is missing");
         let tool = match vm.spec.backend {
             BackendKind::Vmd => image::OverlayTool::Vmctl,
             BackendKind::Qemu => image::OverlayTool::QemuImg,
         };
         image::create_overlay(&base, &vm.disk(), vm.spec.disk_size.as_u64(), tool)?;
-        st.done(s, format!("{} overlay on {}", vm.spec.disk_size, base.display()));
+        Ok(Ended::done(format!("{} overlay on {}", vm.spec.disk_size, base.display())))
     }
 
-    // 4. seed
-    let s = st.start("seed");
-    if vm.seed().is_file() && vm.known_hosts().is_file() {
-        st.skipped(s, "exists");
-    } else if provisioned {
-        bail!(
-            "{}'s seed or known_hosts file is gone although the guest was provisioned; without its pinned key it \
-             cannot be trusted again: destroy and re-create it",
-            vm.name
-        );
-    } else {
-        let detail = write_first_seed(home, vm, args)?;
-        st.done(s, detail);
-    }
-
-    // 5. define
-    let s = st.start("define");
-    backend.define(vm)?;
-    st.done(s, format!("{} backend", backend.kind().as_str()));
-
-    // 6. start
-    let s = st.start("start");
-    match backend.state(vm)? {
-        RunState::Running => {
-            // `up` is a person asking for the guest: the ssh-proxy must not stop it later.
-            vm.update_state(|x| x.started_by = StartedBy::Hand)?;
-            st.skipped(s, "already running")
+    fn write_seed(&self) -> anyhow::Result<Ended> {
+        let vm = self.vm;
+        if vm.seed().is_file() && vm.known_hosts().is_file() {
+            return Ok(Ended::skipped("exists"));
         }
-        RunState::Paused => bail!("{} is paused; resume it with the hypervisor first", vm.name),
-        _ => {
-            backend.start(vm)?;
-            vm.update_state(|x| x.started_by = StartedBy::Hand)?;
-            vm.log_event("started by up");
-            st.done(s, "booting")
+        if self.provisioned {
+            bail!(
+                "{}'s seed or known_hosts file is gone although the guest was provisioned; without its pinned key it \
+                 cannot be trusted again: destroy and re-create it",
+                vm.name
+            );
+        }
+        Ok(Ended::done(write_first_seed(self.home, vm, self.args)?))
+    }
+
+    fn define_guest(&self) -> anyhow::Result<Ended> {
+        self.backend.define(self.vm)?;
+        Ok(Ended::done(format!("{} backend", self.backend.kind().as_str())))
+    }
+
+    fn start_guest(&self) -> anyhow::Result<Ended> {
+        let vm = self.vm;
+        match self.backend.state(vm)? {
+            RunState::Running => {
+                // `up` is a person asking for the guest: the ssh-proxy must not stop it later.
+                vm.update_state(|x| x.started_by = StartedBy::Hand)?;
+                Ok(Ended::skipped("already running"))
+            }
+            RunState::Paused => bail!("{} is paused; resume it with the hypervisor first", vm.name),
+            _ => {
+                self.backend.start(vm, self.args.accel)?;
+                vm.update_state(|x| x.started_by = StartedBy::Hand)?;
+                vm.log_event("started by up");
+                Ok(Ended::done("booting"))
+            }
         }
     }
 
-    // 7. address
-    let s = st.start("address");
-    let endpoint = wait_endpoint(backend, vm, Duration::from_secs(120))?;
-    st.done(s, endpoint.to_string());
-    let target = Target::for_vm(vm, endpoint.clone());
-
-    // 8. ssh
-    let s = st.start("ssh");
-    st.note(&s, "waiting for sshd");
-    let started = Instant::now();
-    if let Err(e) = wait_sshd(backend, vm, &endpoint, timeout) {
-        st.failed(s, "no SSH server");
-        return Err(e);
-    }
-    let remaining = timeout.saturating_sub(started.elapsed());
-    let out = retry_ssh(&target, remaining.max(Duration::from_secs(60)))?;
-    st.done(s, format!("pinned host key verified ({})", out.trim()));
-
-    // 9. agent
-    let s = st.start("agent");
-    if provisioned {
-        st.skipped(s, "set up at first boot");
-    } else {
-        st.note(&s, "waiting for first-boot setup");
-        wait_agent(vm, &target, timeout)?;
-        st.done(s, "setup finished for this instance");
+    fn wait_for_address(&self) -> anyhow::Result<Ended<Endpoint>> {
+        let endpoint = wait_endpoint(self.backend, self.vm, Duration::from_secs(120))?;
+        Ok(Ended::done(endpoint.to_string()).with(endpoint))
     }
 
-    // 10. seed scrub
-    let s = st.start("seed scrub");
-    if provisioned {
-        st.skipped(s, "no private key on the seed");
-    } else {
-        rewrite_seed_without_private_key(home, vm, args)?;
+    /// sshd answers, and a command runs over SSH with the pinned host key.
+    fn check_pinned_ssh(&self, s: &Running, endpoint: &Endpoint, target: &Target) -> anyhow::Result<Ended> {
+        s.note("waiting for sshd");
+        let started = Instant::now();
+        lifecycle::wait_sshd(self.backend, self.vm, endpoint, self.timeout).fails_as("no SSH server")?;
+        let remaining = self.timeout.saturating_sub(started.elapsed());
+        let out = retry_ssh(target, remaining.max(Duration::from_secs(60)))?;
+        Ok(Ended::done(format!("pinned host key verified ({})", out.trim())))
+    }
+
+    fn wait_for_agent_setup(&self, s: &Running, target: &Target) -> anyhow::Result<Ended> {
+        if self.provisioned {
+            return Ok(Ended::skipped("set up at first boot"));
+        }
+        s.note("waiting for first-boot setup");
+        wait_agent(self.vm, target, self.timeout)?;
+        Ok(Ended::done("setup finished for this instance"))
+    }
+
+    fn scrub_seed(&self) -> anyhow::Result<Ended> {
+        let vm = self.vm;
+        if self.provisioned {
+            return Ok(Ended::skipped("no private key on the seed"));
+        }
+        rewrite_seed_without_private_key(self.home, vm, self.args)?;
         vm.update_state(|x| x.provisioned_instance = Some(vm.spec.instance_id.clone()))?;
         vm.log_event("provisioned; seed rewritten without the private host key");
-        st.done(s, "seed rewritten without the private host key");
+        Ok(Ended::done("seed rewritten without the private host key"))
     }
 
-    // 11. clock: a fresh guest set its clock from the RTC, to the second at best.
-    let s = st.start("clock");
-    match crate::clock::sync_if_off(&target) {
-        Ok((m, None)) => st.done(
-            s,
-            format!("offset {} (±{:.1} ms)", crate::clock::human_offset(m.offset_ns), m.error_bound_ns as f64 / 1e6),
-        ),
-        Ok((b, Some(a))) => {
-            vm.update_state(|x| x.last_clock_check = Some(unix_now()))?;
-            st.done(
-                s,
-                format!(
+    /// A fresh guest set its clock from the RTC, to the second at best. A clock that cannot
+    /// be measured does not stop `up`.
+    fn sync_clock(&self, target: &Target) -> anyhow::Result<Ended> {
+        Ok(match crate::clock::sync_if_off(target) {
+            Ok((m, None)) => Ended::done(format!(
+                "offset {} (±{:.1} ms)",
+                crate::clock::human_offset(m.offset_ns),
+                m.error_bound_ns as f64 / 1e6
+            )),
+            Ok((b, Some(a))) => {
+                self.vm.update_state(|x| x.last_clock_check = Some(almavmm_shared::clock::unix_now()))?;
+                Ended::done(format!(
                     "was {}, synced to {}",
                     crate::clock::human_offset(b.offset_ns),
                     crate::clock::human_offset(a.offset_ns)
-                ),
-            )
-        }
-        Err(e) => st.failed(s, e.to_string()),
+                ))
+            }
+            Err(e) => Ended::failed(e.to_string()),
+        })
     }
 
-    // 12. health
-    let s = st.start("health");
-    let health = match remote::health(&target) {
-        Ok(h) => {
-            let summary = HealthSummary {
-                agent_version: h.agent.version.clone(),
-                distro: h.distro.pretty_name.clone(),
-                kernel: h.kernel.clone(),
-                clocksource: h.clocksource.current.clone(),
-                clock_path: h.clock_path.reason.clone(),
-                setup_ok: h.setup.as_ref().is_some_and(|r| r.succeeded()),
-            };
-            st.done(
-                s,
-                format!(
-                    "{}, kernel {}, clocksource {}, agent {}",
-                    summary.distro,
-                    summary.kernel,
-                    summary.clocksource.as_deref().unwrap_or("?"),
-                    summary.agent_version
-                ),
-            );
-            Some(summary)
-        }
-        Err(e) => {
-            st.failed(s, format!("{e}"));
-            None
-        }
-    };
+    /// The agent's health report, summed up; a guest that does not answer does not stop `up`.
+    fn health_summary(&self, target: &Target) -> anyhow::Result<Ended<Option<HealthSummary>>> {
+        let h = match remote::health(target) {
+            Ok(h) => h,
+            Err(e) => return Ok(Ended::failed(format!("{e}")).with(None)),
+        };
+        let summary = HealthSummary {
+            agent_version: h.agent.version.clone(),
+            distro: h.distro.pretty_name.clone(),
+            kernel: h.kernel.clone(),
+            clocksource: h.clocksource.current.clone(),
+            clock_path: h.clock_path.reason.clone(),
+            setup_ok: h.setup.as_ref().is_some_and(|r| r.succeeded()),
+        };
+        let detail = format!(
+            "{}, kernel {}, clocksource {}, agent {}",
+            summary.distro,
+            summary.kernel,
+            summary.clocksource.as_deref().unwrap_or("?"),
+            summary.agent_version
+        );
+        Ok(Ended::done(detail).with(Some(summary)))
+    }
+}
 
+/// The closing lines: whether anything was done, and how to log in.
+fn say_how_to_connect(vm: &Vm, endpoint: Endpoint, already_up: bool) -> SshInfo {
     let ssh_cmd = format!(
         "ssh -o StrictHostKeyChecking=yes -o UserKnownHostsFile={} -o HostKeyAlias={} -p {} {}@{}",
         vm.known_hosts().display(),
@@ -506,62 +532,24 @@ fn bring_up(home: &Home, vm: &Vm, backend: &dyn Backend, args: &UpArgs, st: &mut
     }
     eprintln!("  connect: {ssh_cmd}");
     eprintln!("  or, after `almavmm-host ssh-config`: ssh {}.almavmm", vm.name);
-    Ok(UpResult {
-        name: vm.name.to_string(),
-        state: "running",
-        already_up,
-        ssh: SshInfo {
-            host: endpoint.host,
-            port: endpoint.port,
-            user: vm.spec.user.clone(),
-            known_hosts: vm.known_hosts(),
-            command: ssh_cmd,
-        },
-        stages: st.records().to_vec(),
-        health,
-    })
+    SshInfo {
+        host: endpoint.host,
+        port: endpoint.port,
+        user: vm.spec.user.clone(),
+        known_hosts: vm.known_hosts(),
+        command: ssh_cmd,
+    }
 }
 
-fn unix_now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
-}
-
-/// The agent to carry, by the documented lookup order.
-pub(crate) fn agent_payload(home: &Home, explicit: Option<&Path>) -> anyhow::Result<(AgentPayload, String)> {
-    let exe = locate::own_exe();
-    let cands =
-        locate::candidates(explicit, std::env::var_os("ALMAVMM_AGENT").map(PathBuf::from), exe.as_deref(), home.root());
-    if let Some((found, bytes)) = locate::find(&cands)? {
-        let desc = format!("agent from {} ({})", found.from, found.path.display());
-        return Ok((AgentPayload::Binary(Checksummed::bytes(bytes)), desc));
-    }
-    for p in locate::bundle_candidates(exe.as_deref(), home.root()) {
-        if let Ok(bytes) = std::fs::read(&p) {
-            return Ok((
-                AgentPayload::SourceBundle(Checksummed::bytes(bytes)),
-                format!("agent source bundle {} (built in the guest)", p.display()),
-            ));
-        }
-    }
-    let Some(tree) = bundle::own_source_tree() else {
-        bail!(
-            "no agent to put on the seed (looked for: {}); build one with `cargo xtask agent` and pass --agent PATH, \
-             or make a source bundle with `cargo xtask bundle` and put it in {}",
-            locate::LOOKUP_ORDER,
-            home.root().display()
-        );
+/// The agent to carry on the seed, and where it came from.
+fn agent_payload(home: &Home, explicit: Option<&Path>) -> anyhow::Result<(AgentPayload, String)> {
+    let found = agent::for_seed(home, explicit)?;
+    let bytes = Checksummed::bytes(found.bytes);
+    let payload = match found.form {
+        agent::Form::Binary => AgentPayload::Binary(bytes),
+        agent::Form::SourceBundle => AgentPayload::SourceBundle(bytes),
     };
-    let commit = env!("ALMAVMM_GIT_COMMIT");
-    let out = home.root().join(format!("agent-src-{}-{commit}.tar.gz", almavmm_shared::VERSION));
-    if !out.is_file() || commit == "unknown" {
-        eprintln!("no prebuilt agent: making its source bundle from {} (the guest will build it)", tree.display());
-        bundle::build(&tree, &out, commit)?;
-    }
-    let bytes = std::fs::read(&out)?;
-    Ok((
-        AgentPayload::SourceBundle(Checksummed::bytes(bytes)),
-        format!("agent source bundle made from {} (built in the guest)", tree.display()),
-    ))
+    Ok((payload, found.desc))
 }
 
 fn seed_inputs<'a>(
@@ -588,7 +576,7 @@ fn write_first_seed(home: &Home, vm: &Vm, args: &UpArgs) -> anyhow::Result<Strin
     let host_key = keys::generate_host_key(vm.name.as_str())?;
     let line = keys::known_hosts_line(vm.name.as_str(), &host_key.public_openssh);
     // Pin first: a seed must never exist without its pin.
-    crate::state::atomic::write_file(&vm.known_hosts(), line.as_bytes(), 0o600)?;
+    almavmm_shared::atomic::write_file(&vm.known_hosts(), line.as_bytes(), 0o600)?;
     seed::write_seed(&vm.seed(), seed_inputs(vm, &key, Some(&host_key), agent), true, Durability::Synced)?;
     Ok(format!("host key pinned; {agent_desc}"))
 }
@@ -601,62 +589,40 @@ fn rewrite_seed_without_private_key(home: &Home, vm: &Vm, args: &UpArgs) -> anyh
     Ok(())
 }
 
-/// Wait for the guest's sshd, checking every few seconds that the guest is still running,
-/// so that a guest that crashed or powered off fails now rather than at the timeout.
-fn wait_sshd(backend: &dyn Backend, vm: &Vm, endpoint: &Endpoint, limit: Duration) -> anyhow::Result<()> {
-    let deadline = Instant::now() + limit;
-    loop {
-        let slice = deadline.saturating_duration_since(Instant::now()).min(Duration::from_secs(5));
-        match client::wait_for_banner(endpoint, Duration::from_millis(250), slice) {
-            Ok(_) => return Ok(()),
-            Err(e) if Instant::now() >= deadline => bail!("{e}\n{}", boot_diagnosis(vm)),
-            Err(_) => {}
-        }
-        match backend.state(vm)? {
-            RunState::Running | RunState::Unknown => {}
-            RunState::Crashed => bail!(
-                "{} crashed while booting (the hypervisor reports an internal error or a guest panic)\n{}",
-                vm.name,
-                console_tail(vm, 30)
-            ),
-            other => bail!("{} is {} instead of booting\n{}", vm.name, other.as_str(), console_tail(vm, 30)),
-        }
-    }
-}
-
 fn wait_endpoint(backend: &dyn Backend, vm: &Vm, limit: Duration) -> anyhow::Result<Endpoint> {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(ep) = backend.ssh_endpoint(vm)? {
-            return Ok(ep);
-        }
-        if Instant::now() >= deadline {
-            bail!("{} has no known address after {}s\n{}", vm.name, limit.as_secs(), boot_diagnosis(vm));
-        }
-        std::thread::sleep(Duration::from_millis(250));
+    let known = || backend.ssh_endpoint(vm);
+    match wait_until(Deadline::after(limit), Duration::from_millis(250), known)? {
+        Some(ep) => Ok(ep),
+        None => bail!("{} has no known address after {}s\n{}", vm.name, limit.as_secs(), lifecycle::boot_diagnosis(vm)),
     }
 }
 
 /// sshd may answer before cloud-init has installed the user's key: retry authentication
 /// failures until the deadline, but never a host-key mismatch.
 fn retry_ssh(t: &Target, limit: Duration) -> anyhow::Result<String> {
-    let deadline = Instant::now() + limit;
-    loop {
-        match t.run("uname -sr") {
-            Ok(out) => return Ok(out.stdout),
-            Err(e @ client::SshError::HostKeyChanged { .. }) => return Err(e.into()),
-            Err(e) if Instant::now() >= deadline => return Err(e.into()),
-            Err(e) => tracing::debug!("ssh not ready yet: {e}"),
+    let mut last = None;
+    let attempt = || match t.run("uname -sr") {
+        Ok(out) => Ok(Some(out.stdout)),
+        Err(e @ client::SshError::HostKeyChanged { .. }) => Err(e),
+        Err(e) => {
+            tracing::debug!("ssh not ready yet: {e}");
+            last = Some(e);
+            Ok(None)
         }
-        std::thread::sleep(Duration::from_secs(1));
+    };
+    match wait_until(Deadline::after(limit), Duration::from_secs(1), attempt)? {
+        Some(uname) => Ok(uname),
+        None => Err(last.expect("a wait that timed out saw a failure").into()),
     }
 }
 
 fn wait_agent(vm: &Vm, t: &Target, limit: Duration) -> anyhow::Result<()> {
-    let deadline = Instant::now() + limit;
-    loop {
+    // The failure of the latest attempt, if it failed: what to report at the deadline.
+    let mut last = None;
+    let attempt = || -> anyhow::Result<Option<()>> {
+        last = None;
         match remote::boot_done(t) {
-            Ok(Some(id)) if id == vm.spec.instance_id => return Ok(()),
+            Ok(Some(id)) if id == vm.spec.instance_id => return Ok(Some(())),
             Ok(Some(id)) => {
                 tracing::debug!("boot-done marker is for instance {id}, waiting for {}", vm.spec.instance_id)
             }
@@ -666,38 +632,24 @@ fn wait_agent(vm: &Vm, t: &Target, limit: Duration) -> anyhow::Result<()> {
             Err(e @ (client::SshError::HostKeyChanged { .. } | client::SshError::AuthRefused { .. })) => {
                 return Err(e.into());
             }
-            Err(e) if Instant::now() >= deadline => return Err(e.into()),
-            Err(e) => tracing::debug!("asking for the boot-done marker: {e}"),
+            Err(e) => {
+                tracing::debug!("asking for the boot-done marker: {e}");
+                last = Some(e);
+            }
         }
         let console = std::fs::read_to_string(vm.console_log()).unwrap_or_default();
         if let Some(failed) = console.lines().find(|l| l.contains("almavmm-bootstrap:") && l.contains("FAILED")) {
-            bail!("the guest's first-boot bootstrap failed: {}\n{}", failed.trim(), console_tail(vm, 25));
+            bail!("the guest's first-boot bootstrap failed: {}\n{}", failed.trim(), vm.console_tail(25));
         }
-        if Instant::now() >= deadline {
-            bail!("the agent did not finish first-boot setup within {}s\n{}", limit.as_secs(), console_tail(vm, 25));
-        }
-        std::thread::sleep(Duration::from_secs(2));
+        Ok(None)
+    };
+    if wait_until(Deadline::after(limit), Duration::from_secs(2), attempt)?.is_some() {
+        return Ok(());
     }
-}
-
-fn console_tail(vm: &Vm, n: usize) -> String {
-    let text = std::fs::read_to_string(vm.console_log()).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    let tail = &lines[lines.len().saturating_sub(n)..];
-    format!(
-        "last lines of {}:\n{}",
-        vm.console_log().display(),
-        tail.iter().map(|l| format!("  | {l}")).collect::<Vec<_>>().join("\n")
-    )
-}
-
-/// What to tell a user whose guest never answered: the console, and the usual causes.
-fn boot_diagnosis(vm: &Vm) -> String {
-    format!(
-        "{}\nLikely causes: the image did not boot (firmware or disk problem: see the console above); the guest has \
-         no network (no DHCP lease: on OpenBSD check vmd's `local interface` and pf); sshd failed to start; or the \
-         guest is just slow (software emulation): re-run `almavmm-host up {}` to keep waiting.",
-        console_tail(vm, 30),
-        vm.name
-    )
+    match last {
+        Some(e) => Err(e.into()),
+        None => {
+            bail!("the agent did not finish first-boot setup within {}s\n{}", limit.as_secs(), vm.console_tail(25))
+        }
+    }
 }

@@ -11,7 +11,6 @@ pub struct WhichAgentArgs {}
 
 pub fn run(_args: WhichAgentArgs) -> anyhow::Result<u8> {
     let home = Home::from_env()?;
-    let (_, found) = super::up::agent_payload(&home, None)?;
-    println!("{found}");
+    println!("{}", crate::agent::for_seed(&home, None)?.desc);
     Ok(crate::exit::OK)
 }

@@ -6,58 +6,19 @@
 //! `render.rs`.
 
 pub mod render;
+pub mod space;
+pub mod system;
 
 use almavmm_shared::clock::Verdict;
 use almavmm_shared::health::{ClockPath, HealthReport};
 use serde::Serialize;
 
 pub use crate::backend::Hypervisor;
+pub use crate::check::{Check, Group, Status};
 use crate::clock::{Measured, human_offset};
 
 /// JSON schema version of `doctor --json` (documented in `doctor --help`).
 pub const SCHEMA: u32 = 1;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Status {
-    Ok,
-    Warn,
-    Fail,
-    /// Could not be checked because an earlier check failed (e.g. the guest is down).
-    Skip,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Group {
-    Host,
-    Guest,
-    Clock,
-    Network,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Check {
-    pub group: Group,
-    /// Stable identifier, e.g. `clock.offset`.
-    pub id: String,
-    pub status: Status,
-    pub finding: String,
-    /// The command that fixes it, when not ok.
-    pub fix: Option<String>,
-}
-
-impl Check {
-    pub fn new(group: Group, id: &str, status: Status, finding: impl Into<String>) -> Check {
-        Check { group, id: id.to_string(), status, finding: finding.into(), fix: None }
-    }
-    pub fn fix(mut self, cmd: impl Into<String>) -> Check {
-        if self.status != Status::Ok {
-            self.fix = Some(cmd.into());
-        }
-        self
-    }
-}
 
 /// The whole report for one guest (or for the host alone).
 #[derive(Debug, Clone, Serialize)]
@@ -86,6 +47,10 @@ impl Report {
 pub fn skipped_guest_checks(why: &str) -> Vec<Check> {
     [
         (Group::Guest, "guest.agent"),
+        (Group::Guest, "guest.disk"),
+        (Group::Guest, "guest.memory"),
+        (Group::Guest, "guest.load"),
+        (Group::Guest, "guest.units"),
         (Group::Clock, "clock.path"),
         (Group::Clock, "clock.source"),
         (Group::Clock, "clock.offset"),
@@ -100,28 +65,35 @@ pub fn skipped_guest_checks(why: &str) -> Vec<Check> {
     .collect()
 }
 
-/// Judge the agent report: agent, clock path, clocksource and network checks.
+/// Judge the agent report: agent, disk, memory, load, units, clock path, clocksource and
+/// network checks.
 pub fn health_checks(name: &str, h: &HealthReport, hv: Hypervisor, host_version: &str) -> Vec<Check> {
-    let mut c = Vec::new();
+    let mut c = vec![agent_check(name, h, host_version)];
+    c.extend(system::checks(name, h));
+    c.extend(clock_checks(name, h, hv));
+    c.extend(network_checks(name, &h.network, hv));
+    c
+}
+
+/// The agent in the guest should be the one this host carries.
+fn agent_check(name: &str, h: &HealthReport, host_version: &str) -> Check {
     let origin = match h.agent.origin {
         almavmm_shared::health::AgentOrigin::Prebuilt => "prebuilt on the host",
         almavmm_shared::health::AgentOrigin::BuiltInGuest => "built in the guest from the source bundle",
         almavmm_shared::health::AgentOrigin::Unknown => "of unknown origin",
     };
     let agent_status = if h.agent.version == host_version { Status::Ok } else { Status::Warn };
-    c.push(
-        Check::new(
-            Group::Guest,
-            "guest.agent",
-            agent_status,
-            format!("almavmm-agent {} ({origin}), protocol {}", h.agent.version, h.protocol),
-        )
-        .fix(format!(
-            "almavmm-host destroy {name} && almavmm-host up {name}  # agent {host_version} comes with this host"
-        )),
-    );
+    Check::new(
+        Group::Guest,
+        "guest.agent",
+        agent_status,
+        format!("almavmm-agent {} ({origin}), protocol {}", h.agent.version, h.protocol),
+    )
+    .fix(format!("almavmm-host destroy {name} && almavmm-host up {name}  # agent {host_version} comes with this host"))
+}
 
-    let current = h.clocksource.current.clone().unwrap_or_else(|| "unknown".into());
+/// The clock path, then whether the clocksource in use is the one that path calls for.
+fn clock_checks(name: &str, h: &HealthReport, hv: Hypervisor) -> [Check; 2] {
     let (path_status, expected): (Status, Option<&str>) = match (h.clock_path.path, hv) {
         (ClockPath::VmmClock, _) => (Status::Ok, Some("vmm-clock")),
         (ClockPath::KvmClock, _) => (Status::Ok, Some("kvm-clock")),
@@ -130,9 +102,15 @@ pub fn health_checks(name: &str, h: &HealthReport, hv: Hypervisor, host_version:
         (ClockPath::None, Hypervisor::Vmd) => (Status::Fail, None),
         (ClockPath::None, _) => (Status::Warn, None),
     };
-    c.push(Check::new(Group::Clock, "clock.path", path_status, h.clock_path.reason.clone()).fix(format!(
+    let path = Check::new(Group::Clock, "clock.path", path_status, h.clock_path.reason.clone()).fix(format!(
         "almavmm-host sync {name}  # after every host suspend; or run the guest where a paravirtual clock is offered"
-    )));
+    ));
+    [path, clocksource_check(name, h, expected)]
+}
+
+/// `expected`: the clocksource the clock path calls for, if any.
+fn clocksource_check(name: &str, h: &HealthReport, expected: Option<&str>) -> Check {
+    let current = h.clocksource.current.clone().unwrap_or_else(|| "unknown".into());
     let source_ok = expected.is_none_or(|e| e == current);
     let source = Check::new(
         Group::Clock,
@@ -143,16 +121,29 @@ pub fn health_checks(name: &str, h: &HealthReport, hv: Hypervisor, host_version:
             _ => format!("current clocksource {current} (available: {})", h.clocksource.available.join(" ")),
         },
     );
-    c.push(match expected {
+    match expected {
         Some("vmm-clock") => source.fix(format!("ssh {name}.almavmm sudo almavmm-agent kmod load")),
         Some(e) => source.fix(format!(
             "ssh {name}.almavmm 'echo {e} | sudo tee /sys/devices/system/clocksource/clocksource0/current_clocksource'"
         )),
         None => source,
-    });
+    }
+}
 
-    let n = &h.network;
-    c.push(match &n.address {
+/// Address, route, DNS servers, name resolution and gateway, in the order a broken
+/// network is best debugged.
+fn network_checks(name: &str, n: &almavmm_shared::health::NetworkInfo, hv: Hypervisor) -> [Check; 5] {
+    [
+        address_check(name, n),
+        route_check(name, n),
+        dns_check(name, n),
+        resolve_check(&n.resolve, hv),
+        gateway_check(name, n.gateway.as_ref(), hv),
+    ]
+}
+
+fn address_check(name: &str, n: &almavmm_shared::health::NetworkInfo) -> Check {
+    match &n.address {
         Some(a) => Check::new(
             Group::Network,
             "network.address",
@@ -161,40 +152,50 @@ pub fn health_checks(name: &str, h: &HealthReport, hv: Hypervisor, host_version:
         ),
         None => Check::new(Group::Network, "network.address", Status::Fail, "no IPv4 address: DHCP did not answer")
             .fix(format!("almavmm-host console {name}  # look for the DHCP client's messages")),
-    });
-    c.push(match &n.default_route {
+    }
+}
+
+fn route_check(name: &str, n: &almavmm_shared::health::NetworkInfo) -> Check {
+    match &n.default_route {
         Some(gw) => Check::new(Group::Network, "network.route", Status::Ok, format!("default route via {gw}")),
         None => Check::new(Group::Network, "network.route", Status::Fail, "no default route")
             .fix(format!("ssh {name}.almavmm sudo almavmm-agent setup")),
-    });
-    c.push(if n.dns_servers.is_empty() {
+    }
+}
+
+fn dns_check(name: &str, n: &almavmm_shared::health::NetworkInfo) -> Check {
+    if n.dns_servers.is_empty() {
         Check::new(Group::Network, "network.dns", Status::Fail, "no DNS server configured")
             .fix(format!("ssh {name}.almavmm sudo almavmm-agent setup"))
     } else {
         Check::new(Group::Network, "network.dns", Status::Ok, format!("DNS servers {}", n.dns_servers.join(", ")))
-    });
-    let r = &n.resolve;
-    c.push(if r.ok {
-        Check::new(
+    }
+}
+
+fn resolve_check(r: &almavmm_shared::health::ResolveCheck, hv: Hypervisor) -> Check {
+    if r.ok {
+        return Check::new(
             Group::Network,
             "network.resolve",
             Status::Ok,
             format!("{} resolves to {} ({} ms)", r.name, r.addresses.join(", "), r.elapsed_ms),
-        )
-    } else {
-        // Often just a host without internet access; the guest itself is fine.
-        Check::new(
-            Group::Network,
-            "network.resolve",
-            Status::Warn,
-            format!("{} does not resolve: {}", r.name, r.error.as_deref().unwrap_or("no address")),
-        )
-        .fix(match hv {
-            Hypervisor::Vmd => "almavmm-host host setup  # installs the pf DNS redirect for guests".to_string(),
-            _ => "check the host's own DNS (QEMU's user network forwards to it)".to_string(),
-        })
-    });
-    c.push(match &n.gateway {
+        );
+    }
+    // Often just a host without internet access; the guest itself is fine.
+    Check::new(
+        Group::Network,
+        "network.resolve",
+        Status::Warn,
+        format!("{} does not resolve: {}", r.name, r.error.as_deref().unwrap_or("no address")),
+    )
+    .fix(match hv {
+        Hypervisor::Vmd => "almavmm-host host setup  # installs the pf DNS redirect for guests".to_string(),
+        _ => "check the host's own DNS (QEMU's user network forwards to it)".to_string(),
+    })
+}
+
+fn gateway_check(name: &str, gateway: Option<&almavmm_shared::health::GatewayCheck>, hv: Hypervisor) -> Check {
+    match gateway {
         Some(g) if g.ok => Check::new(
             Group::Network,
             "network.gateway",
@@ -212,8 +213,7 @@ pub fn health_checks(name: &str, h: &HealthReport, hv: Hypervisor, host_version:
             _ => format!("almavmm-host stop {name} && almavmm-host start {name}"),
         }),
         None => Check::new(Group::Network, "network.gateway", Status::Fail, "no gateway to test (no default route)"),
-    });
-    c
+    }
 }
 
 /// Judge a clock measurement.

@@ -5,6 +5,7 @@ use super::*;
 fn report(path: ClockPath, current: &str) -> HealthReport {
     HealthReport {
         protocol: almavmm_shared::PROTOCOL_VERSION,
+        protocol_minor: almavmm_shared::PROTOCOL_MINOR,
         agent: AgentInfo { version: "0.1.0".into(), commit: "abc".into(), origin: AgentOrigin::Prebuilt },
         generated_at_ns: 0,
         distro: DistroInfo {
@@ -34,7 +35,29 @@ fn report(path: ClockPath, current: &str) -> HealthReport {
         },
         setup: None,
         uptime_secs: 10.0,
-        memory: MemoryInfo { total_kib: 2_000_000, available_kib: 1_500_000 },
+        memory: MemoryInfo {
+            total_kib: 2_000_000,
+            available_kib: 1_500_000,
+            swap: Some(SwapInfo { total_kib: 1_048_576, used_kib: 0 }),
+            oom_kills: Some(0),
+        },
+        load: Some(LoadInfo { one: 0.3, five: 0.2, fifteen: 0.1, cpus: 1 }),
+        filesystems: Some(vec![fs("/", 10 << 30, 5 << 30, 655_360, 600_000)]),
+        units: Some(UnitsInfo { failed: vec![], error: None }),
+    }
+}
+
+/// A filesystem of `size` bytes with `avail` available (none reserved) and the given inodes.
+fn fs(mount: &str, size: u64, avail: u64, inodes: u64, inodes_free: u64) -> FilesystemInfo {
+    FilesystemInfo {
+        mount_point: mount.into(),
+        device: "/dev/vda1".into(),
+        fs_type: "ext4".into(),
+        size_bytes: size,
+        available_bytes: avail,
+        used_bytes: Some(size - avail),
+        inodes: Some(inodes),
+        inodes_free: Some(inodes_free),
     }
 }
 
@@ -111,4 +134,17 @@ fn rendering_shows_fixes_and_counts_and_paints_only_when_asked() {
     );
     assert!(!plain.contains('\x1b'));
     assert!(render::render(&r, true).contains("\x1b[1;31mFAIL\x1b[0m"));
+}
+
+#[test]
+fn a_reachable_guest_is_checked_in_the_order_an_unreachable_one_is_skipped() {
+    let c = health_checks("alma", &report(ClockPath::VmmClock, "vmm-clock"), Hypervisor::Vmd, "0.1.0");
+    let ids: Vec<&str> = c.iter().map(|x| x.id.as_str()).collect();
+    let skipped = skipped_guest_checks("down");
+    // clock.offset comes from the clock measurement, not from the agent's report.
+    let expected: Vec<&str> = skipped.iter().map(|x| x.id.as_str()).filter(|id| *id != "clock.offset").collect();
+    assert_eq!(ids, expected);
+    let groups: Vec<Group> = c.iter().map(|x| x.group).collect();
+    let expected_groups: Vec<Group> = skipped.iter().filter(|x| x.id != "clock.offset").map(|x| x.group).collect();
+    assert_eq!(groups, expected_groups);
 }

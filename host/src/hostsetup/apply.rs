@@ -37,7 +37,7 @@ pub fn apply(actions: &[Action], dry_run: bool, out: &mut dyn Write) -> Result<V
                 Step::Stage { name, contents, expand_tmp, .. } => {
                     let contents =
                         if *expand_tmp { contents.replace(TMP, &tmp.display().to_string()) } else { contents.clone() };
-                    crate::state::atomic::write_file(&tmp.join(name), contents.as_bytes(), 0o600)
+                    almavmm_shared::atomic::write_file(&tmp.join(name), contents.as_bytes(), 0o600)
                         .map_err(|source| HostSetupError::Stage { what: name.clone(), source })?;
                 }
                 Step::Run { argv, check } => {

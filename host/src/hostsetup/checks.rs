@@ -6,7 +6,7 @@ use super::plan::{
     self, FIRMWARE, FIRMWARE_FILE, FORWARDING, FORWARDING_AT_BOOT, PF, VM_CONF, VMD_ENABLED, VMD_RUNNING,
 };
 use super::{HostFacts, Probe, pf, resolv, resume, sysctl};
-use crate::backend::vmd::vmconf;
+use crate::hostsetup::vmconf;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]

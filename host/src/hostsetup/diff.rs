@@ -1,95 +1,15 @@
 //! Line diffs of configuration files, shown before they are changed: unified format
 //! (`@@ -a,b +c,d @@`, then ` `, `-` and `+` lines), a little context around each change.
+//! A range of one line is written without its length (`@@ -1 +1 @@`), as diff(1) does.
 
 const CONTEXT: usize = 2;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Op {
-    Keep,
-    Del,
-    Add,
-}
-
 /// The changes from `before` to `after`; empty when they are equal.
 pub fn unified(before: &str, after: &str) -> String {
-    let a: Vec<&str> = before.lines().collect();
-    let b: Vec<&str> = after.lines().collect();
-    let ops = script(&a, &b);
-    if ops.iter().all(|(op, _, _)| *op == Op::Keep) {
-        return String::new();
-    }
-    let mut out = String::new();
-    let mut i = 0;
-    while i < ops.len() {
-        if ops[i].0 == Op::Keep {
-            i += 1;
-            continue;
-        }
-        // A hunk: from CONTEXT lines before this change to CONTEXT lines after the last
-        // change that is at most 2*CONTEXT unchanged lines further.
-        let start = i.saturating_sub(CONTEXT);
-        let mut end = i;
-        let mut j = i;
-        while j < ops.len() {
-            if ops[j].0 != Op::Keep {
-                end = j;
-                j += 1;
-                continue;
-            }
-            let run = ops[j..].iter().take_while(|o| o.0 == Op::Keep).count();
-            if j + run < ops.len() && run <= 2 * CONTEXT {
-                j += run;
-            } else {
-                break;
-            }
-        }
-        let stop = (end + 1 + CONTEXT).min(ops.len());
-        let hunk = &ops[start..stop];
-        let a_start = hunk.iter().find(|o| o.0 != Op::Add).map(|o| o.1 + 1).unwrap_or(ops[start].1);
-        let b_start = hunk.iter().find(|o| o.0 != Op::Del).map(|o| o.2 + 1).unwrap_or(ops[start].2);
-        let a_len = hunk.iter().filter(|o| o.0 != Op::Add).count();
-        let b_len = hunk.iter().filter(|o| o.0 != Op::Del).count();
-        out.push_str(&format!("@@ -{a_start},{a_len} +{b_start},{b_len} @@\n"));
-        for (op, ai, bi) in hunk {
-            match op {
-                Op::Keep => out.push_str(&format!(" {}\n", a[*ai])),
-                Op::Del => out.push_str(&format!("-{}\n", a[*ai])),
-                Op::Add => out.push_str(&format!("+{}\n", b[*bi])),
-            }
-        }
-        i = stop;
-    }
-    out
-}
-
-/// The edit script as (op, index in a, index in b); for an addition the a index is where it
-/// goes, for a deletion the b index likewise.
-fn script(a: &[&str], b: &[&str]) -> Vec<(Op, usize, usize)> {
-    // Longest common subsequence table; configuration files are small.
-    let (n, m) = (a.len(), b.len());
-    let mut lcs = vec![vec![0u32; m + 1]; n + 1];
-    for i in (0..n).rev() {
-        for j in (0..m).rev() {
-            lcs[i][j] = if a[i] == b[j] { lcs[i + 1][j + 1] + 1 } else { lcs[i + 1][j].max(lcs[i][j + 1]) };
-        }
-    }
-    let (mut i, mut j) = (0, 0);
-    let mut ops = Vec::with_capacity(n + m);
-    while i < n || j < m {
-        if i < n && j < m && a[i] == b[j] {
-            ops.push((Op::Keep, i, j));
-            i += 1;
-            j += 1;
-        } else if i < n && (j == m || lcs[i + 1][j] >= lcs[i][j + 1]) {
-            // Deletions first, as diff(1) shows a replaced line.
-            ops.push((Op::Del, i, j));
-            i += 1;
-        } else {
-            ops.push((Op::Add, i, j));
-            j += 1;
-        }
-    }
-    ops
+    // Lines without their endings: a file that gains or loses its final newline, or has
+    // CRLF endings, shows only the lines that really changed.
+    let (a, b): (Vec<&str>, Vec<&str>) = (before.lines().collect(), after.lines().collect());
+    similar::TextDiff::from_slices(&a, &b).unified_diff().context_radius(CONTEXT).to_string()
 }
 
 #[cfg(test)]
@@ -116,6 +36,21 @@ mod tests {
             unified(before, after),
             "@@ -1,5 +1,5 @@\n a\n b\n-net.inet.ip.forwarding=0\n+net.inet.ip.forwarding=1\n c\n d\n"
         );
+    }
+
+    #[test]
+    fn a_one_line_file_shows_its_ranges_as_diff_1_does() {
+        assert_eq!(
+            unified("net.inet.ip.forwarding=0\n", "net.inet.ip.forwarding=1\n"),
+            "@@ -1 +1 @@\n-net.inet.ip.forwarding=0\n+net.inet.ip.forwarding=1\n"
+        );
+    }
+
+    #[test]
+    fn line_endings_alone_are_not_a_change() {
+        assert_eq!(unified("a\r\nb\r\n", "a\nb\n"), "");
+        assert_eq!(unified("a\nb", "a\nb\n"), "");
+        assert_eq!(unified("a\nb", "a\nb\nc\n"), "@@ -1,2 +1,3 @@\n a\n b\n+c\n");
     }
 
     #[test]

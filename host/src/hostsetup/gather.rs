@@ -8,7 +8,7 @@ use almavmm_shared::runner::Cmd;
 
 use super::plan::FIRMWARE_FILE;
 use super::{Access, FileState, HostFacts, HostSetupError, PfRuntime, Privilege, Probe, pf, rcctl, sysctl};
-use crate::backend::vmd::{self, vmconf};
+use crate::hostsetup::vmconf;
 
 /// Read the host without ever asking for a password: what needs root and a password stays
 /// unknown (for `doctor` and `up`).
@@ -23,7 +23,15 @@ pub fn gather_with(access: Access) -> Result<HostFacts, HostSetupError> {
     let owner = super::privilege::guest_owner().map_err(HostSetupError::Owner)?;
     let home = super::privilege::owner_home(&owner).map_err(HostSetupError::Owner)?;
     let user = owner.name.clone();
-    let vmctl = Cmd::new("vmctl").arg("status").output();
+    // vmctl.c 1.94 exits 1, header only and stderr empty, when vmd knows no VM: that
+    // answer is a success here (see super::vmctl).
+    let vmctl = Cmd::new("vmctl").arg("status").output().map(|mut out| {
+        if super::vmctl::empty_listing(out.code(), &out.stdout, &out.stderr) {
+            use std::os::unix::process::ExitStatusExt;
+            out.status = std::process::ExitStatus::from_raw(0);
+        }
+        out
+    });
     let vmd_running = vmd_running(vmctl.as_ref());
     let vmctl_access = match (&vmd_running, &vmctl) {
         (Probe::Known(true), Ok(out)) if out.status.success() => Probe::Known(true),
@@ -45,7 +53,7 @@ pub fn gather_with(access: Access) -> Result<HostFacts, HostSetupError> {
         resolv_conf: std::fs::read_to_string("/etc/resolv.conf").ok(),
         vm_conf: read(vmconf::MAIN),
         our_vm_conf: read(&vmconf::our_file(&user).display().to_string()),
-        our_vm_conf_wanted: match vmd::wanted_vm_conf(&home, &user, None) {
+        our_vm_conf_wanted: match vmconf::wanted_vm_conf(&home, &user, None) {
             Ok(text) => Probe::Known(text),
             Err(why) => Probe::Unknown(why),
         },
@@ -174,7 +182,7 @@ pub fn read_state(path: &Path, privilege: Privilege, access: Access) -> Probe<Op
 
 /// The time now in UTC as `YYYYMMDD-HHMMSS`, for backup names.
 pub fn stamp() -> String {
-    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let secs = almavmm_shared::clock::unix_now();
     stamp_of(secs)
 }
 

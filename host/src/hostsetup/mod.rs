@@ -27,9 +27,12 @@ pub mod pf;
 pub mod plan;
 pub mod privilege;
 pub mod rcctl;
+pub mod release;
 pub mod resolv;
 pub mod resume;
 pub mod sysctl;
+pub mod vmconf;
+pub mod vmctl;
 
 use std::path::PathBuf;
 

@@ -18,7 +18,7 @@
 use std::net::Ipv4Addr;
 
 use super::conftext;
-use crate::backend::vmd::vmconf::Ipv4Prefix;
+use crate::hostsetup::vmconf::Ipv4Prefix;
 
 pub const PF_CONF: &str = "/etc/pf.conf";
 pub const ANCHOR: &str = "almavmm";

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use super::{Action, FileState, HostFacts, Privilege, Probe, Shown, Step, TMP, pf, resolv, sysctl};
-use crate::backend::vmd::vmconf;
+use crate::hostsetup::vmconf;
 
 /// Item names, shared with the checks.
 pub const FIRMWARE: &str = "vmm firmware";
@@ -351,7 +351,9 @@ pub(crate) mod tests {
             resolv_conf: Some(RESOLV_CONF.into()),
             vm_conf: Probe::Known(None),
             our_vm_conf: Probe::Known(None),
-            our_vm_conf_wanted: Probe::Known(vmconf::render("alice", &[]).unwrap()),
+            our_vm_conf_wanted: Probe::Known(
+                vmconf::render("alice", &[], super::super::release::vmd_path_limit(None)).unwrap(),
+            ),
             pf_conf: Probe::Known(Some(fs(DEFAULT_PF_CONF, 0o600))),
             pf_anchor: Probe::Known(None),
             pf_runtime: Probe::Known(PfRuntime { enabled: true, hooked: false, anchor_loaded: false }),

@@ -1,7 +1,7 @@
 //! sysctl(8) output and /etc/sysctl.conf.
 //!
 //! `sysctl NAME` prints `NAME=VALUE`; `sysctl NAME=VALUE` prints `NAME: OLD -> NEW`
-//! (sbin/sysctl/sysctl.c). /etc/sysctl.conf holds `NAME=VALUE` lines that /etc/rc hands to
+//! (sbin/sysctl/sysctl.c, `parse`; revision not pinned). /etc/sysctl.conf holds `NAME=VALUE` lines that /etc/rc hands to
 //! sysctl one by one after stripping `#` comments (sysctl.conf(5)); a later line for the same
 //! name wins at boot, so there must be only one.
 

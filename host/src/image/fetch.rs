@@ -16,7 +16,9 @@ use super::signature::{self, TrustedKey};
 use super::{
     ALMALINUX_9_FINGERPRINT, ALMALINUX_9_KEY_URL, Cache, Fetched, ImageError, ImageSource, Trust, lock, publish,
 };
-use crate::state::{atomic, home::Home};
+use almavmm_shared::atomic;
+
+use crate::state::home::Home;
 
 const MAX_LIST: u64 = 1 << 20;
 const MAX_KEY: u64 = 1 << 20;

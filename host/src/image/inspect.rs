@@ -86,6 +86,7 @@ pub enum ProblemCode {
     Corrupt,
     Encrypted,
     ClusterSizeMismatch,
+    OverlayClusterSize,
     ChainTooDeep,
     RelativeBacking,
     BackingMissing,
@@ -204,26 +205,41 @@ fn follow_chain(top: &Path, top_info: &Qcow2Info) -> Vec<Backing> {
 
 /// The verdict for vmd, from what was read (pure).
 pub fn judge(insp: &Inspection) -> Verdict {
-    let mut problems = Vec::new();
-    let mut add =
-        |code, file: &Path, message: String| problems.push(Problem { code, file: file.to_path_buf(), message });
     let Some(top) = &insp.qcow2 else {
-        add(
-            ProblemCode::NotQcow2,
-            &insp.path,
-            format!(
-                "not a qcow2 image: {}; vmd needs a qcow2 base for per-VM overlays (`image prepare` converts raw disk images)",
-                insp.looks_like
-            ),
+        let message = format!(
+            "not a qcow2 image: {}; vmd needs a qcow2 base for per-VM overlays (`image prepare` converts raw disk images)",
+            insp.looks_like
         );
-        return Verdict { can_run: false, problems };
+        return Verdict { can_run: false, problems: vec![problem(ProblemCode::NotQcow2, &insp.path, message)] };
     };
+    let mut problems = Vec::new();
+    let layers = qcow2_layers(insp, top, &mut problems);
+    problems.extend(chain_depth_problem(insp));
+    for (file, q) in layers {
+        problems.extend(cluster_problems(file, q));
+        problems.extend(header_problems(file, q, top.cluster_size));
+    }
+    problems.extend(overlay_cluster_size(&insp.path, top));
+    Verdict { can_run: problems.is_empty(), problems }
+}
+
+fn problem(code: ProblemCode, file: &Path, message: String) -> Problem {
+    Problem { code, file: file.to_path_buf(), message }
+}
+
+/// The qcow2 layers vmd would stack, top first; what is wrong with the backing
+/// references on the way goes to `problems`.
+fn qcow2_layers<'a>(
+    insp: &'a Inspection,
+    top: &'a Qcow2Info,
+    problems: &mut Vec<Problem>,
+) -> Vec<(&'a Path, &'a Qcow2Info)> {
     let mut layers: Vec<(&Path, &Qcow2Info)> = vec![(&insp.path, top)];
     let mut above: &Path = &insp.path;
     for b in &insp.chain {
         let file = b.path.as_deref().unwrap_or(above);
         if b.relative {
-            add(
+            problems.push(problem(
                 ProblemCode::RelativeBacking,
                 above,
                 format!(
@@ -231,100 +247,136 @@ pub fn judge(insp: &Inspection) -> Verdict {
                     b.name,
                     above.display()
                 ),
-            );
+            ));
         }
         if let Some(err) = &b.error {
-            add(ProblemCode::BackingUnreadable, file, format!("backing file {:?}: {err}", b.name));
+            problems.push(problem(ProblemCode::BackingUnreadable, file, format!("backing file {:?}: {err}", b.name)));
         } else if !b.exists {
-            add(ProblemCode::BackingMissing, above, format!("backing file {} does not exist", file.display()));
+            problems.push(problem(
+                ProblemCode::BackingMissing,
+                above,
+                format!("backing file {} does not exist", file.display()),
+            ));
         } else if let Some(q) = &b.qcow2 {
             layers.push((file, q));
         } else {
-            add(
+            problems.push(problem(
                 ProblemCode::BackingNotQcow2,
                 file,
                 "backing file is not qcow2: vmd only stacks qcow2 files on qcow2 files".to_string(),
-            );
+            ));
         }
         above = file;
     }
+    layers
+}
+
+fn chain_depth_problem(insp: &Inspection) -> Option<Problem> {
     let files = 1 + insp.chain.len();
-    if files > VMD_MAX_CHAIN {
-        add(
+    (files > VMD_MAX_CHAIN).then(|| {
+        problem(
             ProblemCode::ChainTooDeep,
             &insp.path,
             format!(
                 "the backing chain has {files} files; vmd opens at most {VMD_MAX_CHAIN} per disk (flatten it with `qemu-img convert`)"
             ),
-        );
+        )
+    })
+}
+
+/// Clusters vmd's reader gets wrong: it dies on compressed ones and ignores the zero flag.
+fn cluster_problems(file: &Path, q: &Qcow2Info) -> Vec<Problem> {
+    let c = &q.clusters;
+    let mut problems = Vec::new();
+    if c.compressed > 0 {
+        problems.push(problem(
+            ProblemCode::CompressedClusters,
+            file,
+            format!(
+                "{} of {} clusters are compressed; vmd cannot read compressed clusters (its disk process dies on the first one: `xlate: compressed clusters unsupported`)",
+                c.compressed, c.total
+            ),
+        ));
     }
-    for (file, q) in layers {
-        let c = &q.clusters;
-        if c.compressed > 0 {
-            add(
-                ProblemCode::CompressedClusters,
-                file,
-                format!(
-                    "{} of {} clusters are compressed; vmd cannot read compressed clusters (its disk process dies on the first one: `xlate: compressed clusters unsupported`)",
-                    c.compressed, c.total
-                ),
-            );
-        }
-        if c.zero > 0 {
-            add(
-                ProblemCode::ZeroClusters,
-                file,
-                format!(
-                    "{} clusters carry the qcow2 v3 zero flag, which vmd ignores: the guest would read the wrong bytes there",
-                    c.zero
-                ),
-            );
-        }
-        if q.refcount_order != 4 {
-            add(
-                ProblemCode::RefcountOrder,
-                file,
-                format!(
-                    "refcount order is {} ({}-bit refcounts); vmd only supports order 4 (16-bit)",
-                    q.refcount_order,
-                    1u32 << q.refcount_order
-                ),
-            );
-        }
-        let unknown = q.incompatible_features & !(INCOMPAT_DIRTY | INCOMPAT_CORRUPT);
-        if unknown != 0 {
-            add(
-                ProblemCode::IncompatibleFeatures,
-                file,
-                format!("incompatible features vmd does not know: {}", qcow2::feature_names(unknown).join(", ")),
-            );
-        }
-        if q.incompatible_features & INCOMPAT_CORRUPT != 0 {
-            add(
-                ProblemCode::Corrupt,
-                file,
-                "QEMU marked this image corrupt; check it with `qemu-img check -r all`".to_string(),
-            );
-        }
-        if q.encryption != Encryption::None {
-            add(
-                ProblemCode::Encrypted,
-                file,
-                format!("the image is encrypted ({:?}); vmd cannot decrypt disk images", q.encryption).to_lowercase(),
-            );
-        }
-        if q.cluster_size != top.cluster_size {
-            add(
-                ProblemCode::ClusterSizeMismatch,
-                file,
-                format!(
-                    "cluster size {} differs from the top layer's {}; vmd wants one cluster size for every layer",
-                    q.cluster_size, top.cluster_size
-                ),
-            );
-        }
+    if c.zero > 0 {
+        problems.push(problem(
+            ProblemCode::ZeroClusters,
+            file,
+            format!(
+                "{} clusters carry the qcow2 v3 zero flag, which vmd ignores: the guest would read the wrong bytes there",
+                c.zero
+            ),
+        ));
     }
-    Verdict { can_run: problems.is_empty(), problems }
+    problems
+}
+
+/// Header fields `qc2_open` refuses, and a cluster size other than the top layer's.
+fn header_problems(file: &Path, q: &Qcow2Info, top_cluster_size: u64) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    if q.refcount_order != 4 {
+        problems.push(problem(
+            ProblemCode::RefcountOrder,
+            file,
+            format!(
+                "refcount order is {} ({}-bit refcounts); vmd only supports order 4 (16-bit)",
+                q.refcount_order,
+                1u32 << q.refcount_order
+            ),
+        ));
+    }
+    let unknown = q.incompatible_features & !(INCOMPAT_DIRTY | INCOMPAT_CORRUPT);
+    if unknown != 0 {
+        problems.push(problem(
+            ProblemCode::IncompatibleFeatures,
+            file,
+            format!("incompatible features vmd does not know: {}", qcow2::feature_names(unknown).join(", ")),
+        ));
+    }
+    if q.incompatible_features & INCOMPAT_CORRUPT != 0 {
+        problems.push(problem(
+            ProblemCode::Corrupt,
+            file,
+            "QEMU marked this image corrupt; check it with `qemu-img check -r all`".to_string(),
+        ));
+    }
+    if q.encryption != Encryption::None {
+        problems.push(problem(
+            ProblemCode::Encrypted,
+            file,
+            format!("the image is encrypted ({:?}); vmd cannot decrypt disk images", q.encryption).to_lowercase(),
+        ));
+    }
+    if q.cluster_size != top_cluster_size {
+        problems.push(problem(
+            ProblemCode::ClusterSizeMismatch,
+            file,
+            format!(
+                "cluster size {} differs from the top layer's {}; vmd wants one cluster size for every layer",
+                q.cluster_size, top_cluster_size
+            ),
+        ));
+    }
+    problems
+}
+
+/// The cluster size `vmctl create -b` gives every overlay: usr.sbin/vmd/vioqcow2.c
+/// (1.25) `virtio_qcow2_create` writes `clustersz = 1 << 16` whatever the base has.
+pub const VMCTL_OVERLAY_CLUSTER_SIZE: u64 = 65536;
+
+/// A base whose cluster size is not the one of the overlays vmctl writes on it cannot run:
+/// vioqcow2.c `qc2_open` aborts the VM's disk process when a base and its overlay differ
+/// (`fatalx("%s: all disk parts must share clustersize")`). Layers below the top are
+/// compared with the top by [`judge`] already.
+fn overlay_cluster_size(path: &Path, top: &Qcow2Info) -> Option<Problem> {
+    (top.cluster_size != VMCTL_OVERLAY_CLUSTER_SIZE).then(|| Problem {
+        code: ProblemCode::OverlayClusterSize,
+        file: path.to_path_buf(),
+        message: format!(
+            "cluster size {} is not the {VMCTL_OVERLAY_CLUSTER_SIZE} of the overlays `vmctl create -b` writes, and vmd stops a guest whose disk layers differ (`all disk parts must share clustersize`); `image prepare` converts it",
+            top.cluster_size
+        ),
+    })
 }
 
 #[cfg(test)]
@@ -418,10 +470,62 @@ mod tests {
     }
 
     #[test]
+    fn a_base_without_vmctls_64k_clusters_cannot_run() {
+        // vioqcow2.c: overlays from `vmctl create -b` have 64 KiB clusters, and qc2_open
+        // refuses a chain whose parts differ.
+        for size in [4096, 32768, 2 << 20] {
+            let mut top = layer(0);
+            top.cluster_size = size;
+            let v = judge(&insp(top, vec![]));
+            assert_eq!(codes(&v), [ProblemCode::OverlayClusterSize], "{size}");
+            assert!(v.problems[0].message.starts_with(&format!("cluster size {size} is not the 65536")));
+            assert_eq!(v.problems[0].file, Path::new("/img/top.qcow2"));
+        }
+        let mut top = layer(0);
+        top.cluster_size = 65536;
+        assert!(judge(&insp(top, vec![])).can_run);
+    }
+
+    #[test]
     fn chains_longer_than_four_files_are_refused() {
         let chain: Vec<Backing> = (1..=4).map(|i| base(&format!("/img/b{i}.qcow2"), layer(0))).collect();
         assert!(judge(&insp(layer(0), chain[..3].to_vec())).can_run);
         assert_eq!(codes(&judge(&insp(layer(0), chain))), [ProblemCode::ChainTooDeep]);
+    }
+
+    #[test]
+    fn a_raw_file_is_refused_with_the_command_that_converts_it() {
+        let mut i = insp(layer(0), vec![]);
+        i.qcow2 = None;
+        i.looks_like = "a raw disk image with an MBR partition table";
+        let v = judge(&i);
+        assert!(!v.can_run);
+        assert_eq!(codes(&v), [ProblemCode::NotQcow2]);
+        assert_eq!(v.problems[0].file, Path::new("/img/top.qcow2"));
+        assert!(v.problems[0].message.starts_with("not a qcow2 image: a raw disk image with an MBR partition table;"));
+        assert!(v.problems[0].message.contains("`image prepare`"));
+    }
+
+    #[test]
+    fn zero_flags_corruption_and_unreadable_backing_files_are_reported() {
+        let mut top = layer(0);
+        top.clusters.zero = 3;
+        top.incompatible_features = INCOMPAT_CORRUPT;
+        let mut broken = base("b.qcow2", layer(0));
+        broken.error = Some("truncated header".into());
+        let v = judge(&insp(top, vec![broken]));
+        assert_eq!(
+            codes(&v),
+            [
+                ProblemCode::RelativeBacking,
+                ProblemCode::BackingUnreadable,
+                ProblemCode::ZeroClusters,
+                ProblemCode::Corrupt
+            ]
+        );
+        assert_eq!(v.problems[1].message, "backing file \"b.qcow2\": truncated header");
+        assert_eq!(v.problems[1].file, Path::new("/img/b.qcow2"));
+        assert!(v.problems[2].message.starts_with("3 clusters carry the qcow2 v3 zero flag"));
     }
 
     #[test]

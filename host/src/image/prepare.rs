@@ -23,7 +23,7 @@ use crate::state::home::Home;
 
 /// Cluster size of every base we write: vmd wants one cluster size across a chain, and
 /// `vmctl create` makes 64 KiB overlays (FACTS.md).
-pub const BASE_CLUSTER_SIZE: u64 = 65536;
+pub const BASE_CLUSTER_SIZE: u64 = super::inspect::VMCTL_OVERLAY_CLUSTER_SIZE;
 const TEMP_PREFIX: &str = ".converting-";
 
 /// The file per-VM overlays are built on.

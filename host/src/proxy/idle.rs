@@ -1,6 +1,11 @@
 //! When may a guest the proxy started be stopped? Pure decision, tested on its own.
 
+use std::time::Duration;
+
 use crate::state::vm::StartedBy;
+
+/// How long an idle stop waits for a clean power-off before forcing it.
+pub const IDLE_STOP_TIMEOUT: Duration = Duration::from_secs(120);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision {

@@ -21,14 +21,34 @@ fn dir(vm_dir: &Path) -> PathBuf {
     vm_dir.join("leases")
 }
 
+/// What a lease file says while its proxy waits for (or starts) the guest.
+const WAITING: &str = "almavmm-host ssh-proxy\n";
+/// … and once it relays a session.
+const RELAYING: &str = "almavmm-host ssh-proxy relaying\n";
+
 /// Take a lease for process `pid` (normally our own).
 pub fn take(vm_dir: &Path, pid: u32) -> std::io::Result<Lease> {
     let d = dir(vm_dir);
     fs::create_dir_all(&d)?;
     let path = d.join(pid.to_string());
-    // The file's content names the program, so a recycled pid is not mistaken for a proxy.
-    fs::write(&path, "almavmm-host ssh-proxy\n")?;
+    fs::write(&path, WAITING)?;
     Ok(Lease { path })
+}
+
+impl Lease {
+    /// The session is relayed now: a `stop` of the guest ends this proxy (a proxy still
+    /// waiting to start the guest for a new session is left to do so).
+    pub fn relaying(&self) -> std::io::Result<()> {
+        fs::write(&self.path, RELAYING)
+    }
+}
+
+/// The pids of live proxies that relay a session.
+pub fn relaying(vm_dir: &Path, is_proxy: impl Fn(u32) -> bool) -> Vec<u32> {
+    live(vm_dir, is_proxy)
+        .into_iter()
+        .filter(|pid| fs::read_to_string(dir(vm_dir).join(pid.to_string())).is_ok_and(|s| s == RELAYING))
+        .collect()
 }
 
 /// The pids whose leases are live, removing stale lease files on the way.
@@ -70,7 +90,7 @@ pub fn is_almavmm_process(pid: u32) -> bool {
 
 /// Remember when the last proxy session ended (Unix seconds).
 pub fn record_end(vm_dir: &Path, now: u64) {
-    let _ = crate::state::atomic::write_file(&vm_dir.join("leases-last-end"), now.to_string().as_bytes(), 0o600);
+    let _ = almavmm_shared::atomic::write_file(&vm_dir.join("leases-last-end"), now.to_string().as_bytes(), 0o600);
 }
 
 pub fn last_end(vm_dir: &Path) -> Option<u64> {
@@ -108,6 +128,18 @@ mod tests {
         let pid = child.id();
         child.wait().unwrap();
         assert!(!is_almavmm_process(pid));
+    }
+
+    #[test]
+    fn only_relaying_leases_count_as_sessions_to_end() {
+        let t = tempfile::tempdir().unwrap();
+        let waiting = take(t.path(), 100).unwrap();
+        let relaying_one = take(t.path(), 200).unwrap();
+        relaying_one.relaying().unwrap();
+        assert_eq!(relaying(t.path(), |_| true), vec![200]);
+        drop(waiting);
+        drop(relaying_one);
+        assert_eq!(relaying(t.path(), |_| true), Vec::<u32>::new());
     }
 
     #[test]

@@ -18,6 +18,7 @@ MANIFEST='@MANIFEST_FILE@'
 KMOD_TARBALL='@KMOD_TARBALL@'
 AGENT_BIN='@AGENT_BIN@'
 MNT=/run/almavmm/seed
+SELINUXFS=/sys/fs/selinux
 PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 export PATH
 
@@ -98,6 +99,20 @@ install_kmod_source() {
         test -f "/usr/src/vmm_clock-$VERSION/Makefile"
 }
 
+# AlmaLinux enforces SELinux. What was just unpacked or built may carry a label that does not
+# fit where it now lies (files built under $STATE are var_lib_t, not bin_t), and the binary's
+# label decides the domain systemd starts the watcher in; reset both to the policy's
+# defaults before `setup` starts it (docs/selinux.md). Nothing to do without SELinux.
+restore_selinux_labels() {
+    if [ ! -e "$SELINUXFS/enforce" ]; then
+        echo "SELinux is off: no labels to set"
+    elif ! command -v restorecon >/dev/null 2>&1; then
+        echo "SELinux is on but restorecon is missing (policycoreutils): labels left as created"
+    else
+        restorecon -R -v "$AGENT_BIN" "/usr/src/vmm_clock-$VERSION"
+    fi
+}
+
 say "version $VERSION starting"
 step "mount seed" mount_seed
 step "verify payload" verify_payload
@@ -113,6 +128,7 @@ else
     exit 1
 fi
 step "install module source" install_kmod_source
+step "selinux labels" restore_selinux_labels
 step "unmount seed" unmount_seed
 step "agent setup" "$AGENT_BIN" setup
 say "done"

@@ -12,7 +12,7 @@ use std::path::Path;
 use almavmm_shared::seed as layout;
 
 use crate::ssh::keys::{AuthorizedKey, HostKeyPair};
-use crate::state::atomic::Durability;
+use almavmm_shared::atomic::Durability;
 use cloud_config::{CloudConfig, GuestConfig, MetaData};
 use iso::{Contents, IsoFile};
 pub use payload::{AgentPayload, Checksummed};

@@ -143,6 +143,55 @@ mod tests {
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     }
 
+    /// The bootstrap's `restore_selinux_labels`, run alone under sh with a stand-in
+    /// restorecon that records its arguments: (what it printed, restorecon's arguments).
+    fn run_restore_labels(selinux_on: bool, have_restorecon: bool) -> (String, String) {
+        let s = bootstrap_script();
+        let start = s.find("restore_selinux_labels() {").unwrap();
+        let end = start + s[start..].find("\n}\n").unwrap() + 3;
+        let dir = tempfile::tempdir().unwrap();
+        let fs = dir.path().join("selinuxfs");
+        std::fs::create_dir_all(&fs).unwrap();
+        if selinux_on {
+            std::fs::write(fs.join("enforce"), "1\n").unwrap();
+        }
+        let bin = dir.path().join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        let log = dir.path().join("restorecon.args");
+        if have_restorecon {
+            let fake = bin.join("restorecon");
+            std::fs::write(&fake, format!("#!/bin/sh\necho \"$*\" >'{}'\n", log.display())).unwrap();
+            std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        }
+        let script = format!(
+            "SELINUXFS='{}'\nAGENT_BIN=/usr/local/bin/almavmm-agent\nVERSION=1.2.3\nPATH='{}':/usr/bin:/bin\n{}\nrestore_selinux_labels\n",
+            fs.display(),
+            bin.display(),
+            &s[start..end]
+        );
+        let out = almavmm_shared::runner::Cmd::new("sh")
+            .arg("-c")
+            .arg(script)
+            .timeout(std::time::Duration::from_secs(30))
+            .run()
+            .unwrap();
+        (out.stdout, std::fs::read_to_string(&log).unwrap_or_default())
+    }
+
+    #[test]
+    fn bootstrap_restores_selinux_labels_only_where_selinux_is_on() {
+        let (said, args) = run_restore_labels(true, true);
+        assert_eq!(args.trim(), "-R -v /usr/local/bin/almavmm-agent /usr/src/vmm_clock-1.2.3", "{said}");
+        let (said, args) = run_restore_labels(false, true);
+        assert!(said.contains("SELinux is off") && args.is_empty(), "{said}");
+        let (said, args) = run_restore_labels(true, false);
+        assert!(said.contains("restorecon is missing") && args.is_empty(), "{said}");
+        let s = bootstrap_script();
+        let labels = s.find("step \"selinux labels\"").unwrap();
+        assert!(s.find("step \"install module source\"").unwrap() < labels);
+        assert!(labels < s.find("step \"agent setup\"").unwrap(), "labels before the watcher starts");
+    }
+
     /// (path, contents) of every entry of the embedded module tarball.
     fn kmod_entries() -> Vec<(String, Vec<u8>)> {
         let mut ar = tar::Archive::new(flate2::read::GzDecoder::new(kmod_tarball()));
@@ -210,7 +259,7 @@ mod tests {
             .map(|(name, contents, mode)| IsoFile { path: format!("almavmm/{name}"), contents, mode })
             .collect();
         let out = dir.join("seed.iso");
-        write_iso(&out, "CIDATA", files, false, crate::state::atomic::Durability::Unsynced)?;
+        write_iso(&out, "CIDATA", files, false, almavmm_shared::atomic::Durability::Unsynced)?;
         Ok(std::fs::read(out).unwrap())
     }
 

@@ -8,12 +8,18 @@
 use std::io::{BufRead, BufReader};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use almavmm_shared::runner::{Cmd, Output, RunError};
+use almavmm_shared::wait::{Deadline, wait_until};
 
 use crate::backend::Endpoint;
 use crate::state::vm::Vm;
+
+/// The longest any one ssh to a guest may take, connection included: every remote command
+/// we run (health report, boot marker, power-off, a clock session) is done in seconds, and
+/// ConnectTimeout and ServerAlive* only cover a silent network, not a hung peer.
+pub const SSH_LIMIT: Duration = Duration::from_secs(120);
 
 const SSH_HINT: &str = "install the OpenSSH client (`apt-get install openssh-client`; it is in OpenBSD's base system)";
 
@@ -82,7 +88,7 @@ impl Target {
 
     /// `ssh … -- COMMAND` as a runner command (not yet run).
     pub fn command(&self, remote: &str) -> Cmd {
-        Cmd::new("ssh").args(self.options()).arg("--").arg(remote).hint_if_missing(SSH_HINT)
+        Cmd::new("ssh").args(self.options()).arg("--").arg(remote).hint_if_missing(SSH_HINT).timeout(SSH_LIMIT)
     }
 
     /// Run a command in the guest; classify host-key and authentication failures.
@@ -131,19 +137,11 @@ impl Target {
 /// Wait until something at `endpoint` speaks SSH (sends an `SSH-2.0-` banner), polling
 /// every `poll` up to `timeout`. Returns the banner.
 pub fn wait_for_banner(endpoint: &Endpoint, poll: Duration, timeout: Duration) -> Result<String, SshError> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(banner) = read_banner(endpoint, poll.max(Duration::from_millis(200))) {
-            return Ok(banner);
-        }
-        if Instant::now() >= deadline {
-            return Err(SshError::Timeout {
-                what: format!("an SSH server answering at {endpoint}"),
-                secs: timeout.as_secs(),
-            });
-        }
-        std::thread::sleep(poll);
-    }
+    let attempt = || Ok::<_, SshError>(read_banner(endpoint, poll.max(Duration::from_millis(200))));
+    wait_until(Deadline::after(timeout), poll, attempt)?.ok_or_else(|| SshError::Timeout {
+        what: format!("an SSH server answering at {endpoint}"),
+        secs: timeout.as_secs(),
+    })
 }
 
 /// One attempt: connect and read the first line. QEMU's forwarder accepts connections before

@@ -1,4 +1,5 @@
 //! SSH: keys, pinned host keys, and the OpenSSH client invocations that use them.
 
 pub mod client;
+pub mod config;
 pub mod keys;

@@ -1,6 +1,5 @@
 //! Host-side state: where it lives, what a guest is, and how it is written.
 
-pub mod atomic;
 pub mod home;
 pub mod name;
 pub mod size;

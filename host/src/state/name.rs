@@ -9,7 +9,11 @@ use std::str::FromStr;
 pub const MAX_NAME_LEN: usize = 63;
 
 /// A guest name vmd accepts: letters, digits, `.`, `-` and `_`, not starting with one of
-/// the three punctuation characters, at most 63 characters.
+/// the three punctuation characters, at most 63 characters; and one vmctl reads as a name:
+/// not digits only (usr.sbin/vmctl/main.c `parse_vmid` tries `strtonum(word, 0,
+/// UINT32_MAX)` first and takes any number as a VM id, so `vmctl stop -f 3` stops vm id 3
+/// whatever its name). Digits too many for a u32 would pass as a name there, but are
+/// refused too: one rule, easy to state.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct VmName(String);
@@ -24,6 +28,10 @@ pub enum NameError {
     BadStart { name: String, first: char },
     #[error("guest name {name:?} contains {bad:?}: use letters, digits, '.', '-' and '_' only")]
     BadChar { name: String, bad: char },
+    #[error(
+        "guest name {0:?} is made only of digits: vmctl reads such an argument as a VM id, not a name (`vmctl stop {0}` would stop vm id {0}); add a letter, e.g. \"vm{0}\""
+    )]
+    AllDigits(String),
 }
 
 impl VmName {
@@ -44,6 +52,9 @@ impl FromStr for VmName {
         }
         if !first.is_ascii_alphanumeric() {
             return Err(NameError::BadStart { name: s.to_string(), first });
+        }
+        if s.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(NameError::AllDigits(s.to_string()));
         }
         Ok(VmName(s.to_string()))
     }
@@ -74,7 +85,7 @@ mod tests {
 
     #[test]
     fn accepts_what_vmd_accepts() {
-        for ok in ["alma", "vm1", "a.b-c_d", "9lives", &"x".repeat(63)] {
+        for ok in ["alma", "vm1", "a.b-c_d", "9lives", "1.5", "0x10", "3-a", &"x".repeat(63)] {
             assert_eq!(ok.parse::<VmName>().unwrap().as_str(), ok);
         }
     }
@@ -89,6 +100,12 @@ mod tests {
         assert!(matches!("my vm".parse::<VmName>(), Err(NameError::BadChar { bad: ' ', .. })));
         assert!(matches!("vm/1".parse::<VmName>(), Err(NameError::BadChar { bad: '/', .. })));
         assert!(matches!("vé".parse::<VmName>(), Err(NameError::BadChar { bad: 'é', .. })));
+        // main.c parse_vmid: strtonum first, so these would be VM ids to vmctl.
+        for ids in ["3", "0", "007", "4294967295", "99999999999"] {
+            assert_eq!(ids.parse::<VmName>(), Err(NameError::AllDigits(ids.into())), "{ids}");
+        }
+        let msg = "3".parse::<VmName>().unwrap_err().to_string();
+        assert!(msg.contains("only of digits") && msg.contains("vm id 3") && msg.contains("\"vm3\""), "{msg}");
         let msg = "my vm".parse::<VmName>().unwrap_err().to_string();
         assert_eq!(msg, "guest name \"my vm\" contains ' ': use letters, digits, '.', '-' and '_' only");
     }

@@ -107,7 +107,7 @@ impl VmSpec {
             "# almavmm guest spec, written by `almavmm-host up`.\n{}",
             serde_norway::to_string(self).expect("spec serialises")
         );
-        super::atomic::write_file(path, text.as_bytes(), 0o600)
+        almavmm_shared::atomic::write_file(path, text.as_bytes(), 0o600)
             .map_err(|source| SpecError::Write { path: path.to_owned(), source })
     }
 

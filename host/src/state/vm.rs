@@ -5,6 +5,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
 
+use almavmm_shared::wait::{Deadline, wait_until};
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
@@ -49,6 +50,22 @@ pub struct VmState {
     /// Unix time the clock was last measured by the ssh-proxy or synced.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_clock_check: Option<u64>,
+    /// QEMU: the accelerator of the current run, and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accel: Option<AccelUsed>,
+}
+
+/// The accelerator a QEMU guest runs under.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccelUsed {
+    /// `kvm` or `tcg`.
+    pub name: String,
+    /// Why not KVM, for TCG.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub why: Option<String>,
+    /// Chosen by `--accel auto`, so a crash under KVM may fall back to TCG.
+    #[serde(default)]
+    pub auto: bool,
 }
 
 impl Vm {
@@ -63,9 +80,20 @@ impl Vm {
         Ok(Vm { name: name.clone(), dir, spec })
     }
 
-    /// Load every guest that exists, in name order; broken specs are reported, not skipped.
+    /// Load every guest that exists, in name order; broken specs, and folders whose name is
+    /// no guest name (an all-digit one from an older almavmm, say), are reported, not
+    /// skipped.
     pub fn load_all(home: &Home) -> Vec<anyhow::Result<Vm>> {
-        home.guest_names().into_iter().filter_map(|n| n.parse::<VmName>().ok()).map(|n| Vm::load(home, &n)).collect()
+        home.guest_names()
+            .into_iter()
+            .map(|n| match n.parse::<VmName>() {
+                Ok(name) => Vm::load(home, &name),
+                Err(e) => Err(anyhow::anyhow!(
+                    "{}: {e}; rename the folder and the name in its vm.yaml",
+                    home.vms_dir().join(&n).display()
+                )),
+            })
+            .collect()
     }
 
     pub fn spec_path(&self) -> PathBuf {
@@ -102,7 +130,7 @@ impl Vm {
 
     pub fn save_state(&self, st: &VmState) -> std::io::Result<()> {
         let json = serde_json::to_vec_pretty(st).expect("state serialises");
-        super::atomic::write_file(&self.state_path(), &json, 0o600)
+        almavmm_shared::atomic::write_file(&self.state_path(), &json, 0o600)
     }
 
     /// Change the state file under the guest's lock-free read-modify-write; callers that
@@ -112,6 +140,18 @@ impl Vm {
         f(&mut st);
         self.save_state(&st)?;
         Ok(st)
+    }
+
+    /// The last `n` lines of the serial console's log, indented, for error messages.
+    pub fn console_tail(&self, n: usize) -> String {
+        let text = std::fs::read_to_string(self.console_log()).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = &lines[lines.len().saturating_sub(n)..];
+        format!(
+            "last lines of {}:\n{}",
+            self.console_log().display(),
+            tail.iter().map(|l| format!("  | {l}")).collect::<Vec<_>>().join("\n")
+        )
     }
 
     /// Append one line to `events.log`: Unix time with milliseconds, then what happened.
@@ -170,14 +210,18 @@ pub enum LockError {
 impl VmLock {
     /// Like [`VmLock::acquire`], but wait up to `limit` for another command to finish.
     pub fn acquire_wait(path: &Path, name: &str, limit: std::time::Duration) -> Result<VmLock, LockError> {
-        let deadline = std::time::Instant::now() + limit;
-        loop {
-            match Self::acquire(path, name) {
-                Err(LockError::Busy { .. }) if std::time::Instant::now() < deadline => {
-                    std::thread::sleep(std::time::Duration::from_millis(50))
-                }
-                other => return other,
+        let mut busy = None;
+        let attempt = || match Self::acquire(path, name) {
+            Ok(lock) => Ok(Some(lock)),
+            Err(e @ LockError::Busy { .. }) => {
+                busy = Some(e);
+                Ok(None)
             }
+            Err(e) => Err(e),
+        };
+        match wait_until(Deadline::after(limit), std::time::Duration::from_millis(50), attempt)? {
+            Some(lock) => Ok(lock),
+            None => Err(busy.expect("a wait that timed out saw the lock busy")),
         }
     }
 
@@ -209,6 +253,29 @@ impl VmLock {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn all_digit_names_read_back_from_disk_are_refused_with_the_reason() {
+        // vmctl's main.c parse_vmid would take "3" for vm id 3 (state::name).
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::at(dir.path());
+        let spec = |name: &str| {
+            format!(
+                "name: {name}\nbackend: vmd\nmemory: 1G\ndisk_size: 10G\nimage: {{url: u, trust: almalinux9}}\n\
+                 user: u\nhostname: h\nssh_key: /k.pub\ninstance_id: i\n"
+            )
+        };
+        for (folder, name) in [("3", "3"), ("alma", "42"), ("web", "web")] {
+            std::fs::create_dir_all(home.vms_dir().join(folder)).unwrap();
+            std::fs::write(home.vms_dir().join(folder).join("vm.yaml"), spec(name)).unwrap();
+        }
+        let all = Vm::load_all(&home);
+        let errors: Vec<String> = all.iter().filter_map(|r| r.as_ref().err()).map(|e| format!("{e:#}")).collect();
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(errors.iter().all(|e| e.contains("made only of digits")), "{errors:?}");
+        assert!(errors[0].contains("vms/3: ") && errors[0].contains("rename the folder"), "{}", errors[0]);
+        assert_eq!(all.iter().filter_map(|r| r.as_ref().ok()).map(|v| v.name.as_str()).collect::<Vec<_>>(), ["web"]);
+    }
 
     #[test]
     fn second_lock_is_refused_with_the_holder_pid_and_freed_on_drop() {

@@ -36,12 +36,95 @@ pub struct Stages {
     quiet: bool,
 }
 
-/// A stage in progress; finish it with `done`, `skipped` or `failed`.
+/// A stage in progress, as [`Stages::run`] hands it to the stage's body.
 #[derive(Debug)]
 pub struct Running {
     name: String,
+    /// `[i/n] name`, fixed when the stage starts, so that a stage body can add notes without
+    /// borrowing the `Stages` that counts them.
+    label: String,
+    quiet: bool,
     started: Instant,
     bar: Option<ProgressBar>,
+}
+
+impl Running {
+    /// Update what the stage is doing (e.g. "waiting for sshd").
+    pub fn note(&self, what: &str) {
+        match &self.bar {
+            Some(bar) => bar.set_message(format!("{}: {what}", self.label)),
+            None if !self.quiet => eprintln!("      {what}"),
+            None => {}
+        }
+    }
+}
+
+/// How a stage run by [`Stages::run`] ended, the detail shown on its line, and the value it
+/// hands on to later stages.
+#[derive(Debug)]
+#[must_use]
+pub struct Ended<T = ()> {
+    outcome: Outcome,
+    detail: String,
+    value: T,
+}
+
+impl Ended {
+    pub fn done(detail: impl Into<String>) -> Ended {
+        Ended { outcome: Outcome::Done, detail: detail.into(), value: () }
+    }
+
+    pub fn skipped(detail: impl Into<String>) -> Ended {
+        Ended { outcome: Outcome::Skipped, detail: detail.into(), value: () }
+    }
+
+    /// Recorded as failed, yet not an error: the command goes on without what this stage
+    /// would have given (a stage that must stop the command returns `Err` instead).
+    pub fn failed(detail: impl Into<String>) -> Ended {
+        Ended { outcome: Outcome::Failed, detail: detail.into(), value: () }
+    }
+}
+
+impl<T> Ended<T> {
+    /// The same ending, handing `value` on.
+    pub fn with<U>(self, value: U) -> Ended<U> {
+        Ended { outcome: self.outcome, detail: self.detail, value }
+    }
+}
+
+/// The detail a failed stage shows when its error does not give a shorter one with
+/// [`FailsAs::fails_as`]: the error itself is printed once, by whoever handles it.
+pub const FAILED: &str = "failed";
+
+/// An error that carries the short detail for its stage's line; [`Stages::run`] takes it
+/// off again, so the error that comes out is the one the stage body returned.
+#[derive(Debug)]
+struct StageFailure {
+    detail: String,
+    error: anyhow::Error,
+}
+
+impl std::fmt::Display for StageFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(&self.error, f)
+    }
+}
+
+impl std::error::Error for StageFailure {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.error.source()
+    }
+}
+
+/// Give a stage's failure line a short detail (e.g. "no SSH server") instead of [`FAILED`].
+pub trait FailsAs<T> {
+    fn fails_as(self, detail: &str) -> anyhow::Result<T>;
+}
+
+impl<T, E: Into<anyhow::Error>> FailsAs<T> for Result<T, E> {
+    fn fails_as(self, detail: &str) -> anyhow::Result<T> {
+        self.map_err(|e| StageFailure { detail: detail.to_string(), error: e.into() }.into())
+    }
 }
 
 impl Stages {
@@ -54,7 +137,7 @@ impl Stages {
         format!("[{}/{}] {name}", self.records.len() + 1, self.total)
     }
 
-    pub fn start(&self, name: &str) -> Running {
+    fn start(&self, name: &str) -> Running {
         let bar = if self.quiet {
             None
         } else if self.fancy {
@@ -67,15 +150,31 @@ impl Stages {
             eprintln!("{} …", self.label(name));
             None
         };
-        Running { name: name.to_string(), started: Instant::now(), bar }
+        Running { name: name.to_string(), label: self.label(name), quiet: self.quiet, started: Instant::now(), bar }
     }
 
-    /// Update what a running stage is doing (e.g. "waiting for sshd").
-    pub fn note(&self, r: &Running, what: &str) {
-        match &r.bar {
-            Some(bar) => bar.set_message(format!("{}: {what}", self.label(&r.name))),
-            None if !self.quiet => eprintln!("      {what}"),
-            None => {}
+    /// Run one stage: its line while `stage` works, then its record. An `Err` is recorded
+    /// as failed (with the detail given by [`FailsAs::fails_as`], else [`FAILED`]) and
+    /// returned unchanged.
+    pub fn run<T>(
+        &mut self,
+        name: &str,
+        stage: impl FnOnce(&Running) -> anyhow::Result<Ended<T>>,
+    ) -> anyhow::Result<T> {
+        let r = self.start(name);
+        match stage(&r) {
+            Ok(ended) => {
+                self.finish(r, ended.outcome, ended.detail);
+                Ok(ended.value)
+            }
+            Err(e) => {
+                let (detail, e) = match e.downcast::<StageFailure>() {
+                    Ok(f) => (f.detail, f.error),
+                    Err(e) => (FAILED.to_string(), e),
+                };
+                self.finish(r, Outcome::Failed, detail);
+                Err(e)
+            }
         }
     }
 
@@ -98,19 +197,87 @@ impl Stages {
         self.records.push(StageRecord { name: r.name, outcome, detail, seconds: (secs * 10.0).round() / 10.0 });
     }
 
-    pub fn done(&mut self, r: Running, detail: impl Into<String>) {
-        self.finish(r, Outcome::Done, detail.into());
-    }
-
-    pub fn skipped(&mut self, r: Running, detail: impl Into<String>) {
-        self.finish(r, Outcome::Skipped, detail.into());
-    }
-
-    pub fn failed(&mut self, r: Running, detail: impl Into<String>) {
-        self.finish(r, Outcome::Failed, detail.into());
-    }
-
     pub fn records(&self) -> &[StageRecord] {
         &self.records
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn quiet() -> Stages {
+        Stages::new(4, true)
+    }
+
+    fn record(st: &Stages, i: usize) -> (&str, Outcome, &str) {
+        let r = &st.records()[i];
+        (r.name.as_str(), r.outcome, r.detail.as_str())
+    }
+
+    #[test]
+    fn a_done_stage_is_recorded_and_hands_on_its_value() {
+        let mut st = quiet();
+        let n = st.run("image", |_| Ok(Ended::done("cached").with(7))).unwrap();
+        assert_eq!(n, 7);
+        assert_eq!(record(&st, 0), ("image", Outcome::Done, "cached"));
+        assert!(st.records()[0].seconds >= 0.0);
+    }
+
+    #[test]
+    fn a_skipped_stage_is_recorded_as_skipped() {
+        let mut st = quiet();
+        st.run("disk", |_| Ok(Ended::skipped("exists; never overwritten"))).unwrap();
+        assert_eq!(record(&st, 0), ("disk", Outcome::Skipped, "exists; never overwritten"));
+    }
+
+    #[test]
+    fn a_stage_can_fail_without_stopping_the_command() {
+        let mut st = quiet();
+        let h: Option<u8> = st.run("health", |_| Ok(Ended::failed("agent did not answer").with(None))).unwrap();
+        assert_eq!(h, None);
+        assert_eq!(record(&st, 0), ("health", Outcome::Failed, "agent did not answer"));
+    }
+
+    #[test]
+    fn an_error_is_recorded_with_its_short_detail_and_passed_through_unchanged() {
+        let mut st = quiet();
+        let err = st
+            .run("ssh", |r| -> anyhow::Result<Ended> {
+                r.note("waiting for sshd");
+                Err(std::io::Error::other("connection refused")).fails_as("no SSH server")?;
+                unreachable!()
+            })
+            .unwrap_err();
+        assert_eq!(record(&st, 0), ("ssh", Outcome::Failed, "no SSH server"));
+        assert_eq!(format!("{err:#}"), "connection refused");
+        // Still the stage's own error: exit codes and callers that look at its type see it.
+        assert_eq!(err.downcast_ref::<std::io::Error>().unwrap().kind(), std::io::ErrorKind::Other);
+    }
+
+    #[test]
+    fn an_error_without_a_detail_is_recorded_as_failed_and_keeps_its_context() {
+        use anyhow::Context;
+        let mut st = quiet();
+        st.run("host", |_| Ok(Ended::done("qemu"))).unwrap();
+        let err = st
+            .run("image", |_| -> anyhow::Result<Ended<u8>> {
+                Err(anyhow::anyhow!("404 Not Found")).context("download of x.qcow2 failed")
+            })
+            .unwrap_err();
+        assert_eq!(record(&st, 1), ("image", Outcome::Failed, FAILED));
+        assert_eq!(format!("{err:#}"), "download of x.qcow2 failed: 404 Not Found");
+        assert_eq!(st.records().len(), 2);
+    }
+
+    #[test]
+    fn records_serialise_for_json_as_before() {
+        let mut st = quiet();
+        st.run("start", |_| Ok(Ended::skipped("already running"))).unwrap();
+        let v = serde_json::to_value(st.records()).unwrap();
+        assert_eq!(v[0]["name"], "start");
+        assert_eq!(v[0]["outcome"], "skipped");
+        assert_eq!(v[0]["detail"], "already running");
+        assert!(v[0]["seconds"].is_number());
     }
 }

@@ -18,9 +18,12 @@ use almavmm_host::image::{self, OverlayTool};
 use almavmm_host::state::home::Home;
 use almavmm_host::ui::human_bytes;
 use anyhow::{Context, bail};
-use xshell::{Shell, cmd};
 
+use crate::limited::limited;
 use crate::util::{Stage, project_root};
+
+/// One `qemu-img convert` of the 2 GiB synthetic image (seconds; a minute on a busy disk).
+const CONVERT_LIMIT: Duration = Duration::from_secs(600);
 
 const VIRTUAL: u64 = 2 << 30;
 const DATA: u64 = 768 << 20;
@@ -31,10 +34,10 @@ const GOAL: f64 = 100.0;
 /// more or less on a busy machine should not decide the verdict.
 const ROUNDS: usize = 3;
 
-pub fn run(sh: &Shell) -> anyhow::Result<()> {
+pub fn run() -> anyhow::Result<()> {
     let dir = project_root().join("target/bench-image");
     fs::create_dir_all(&dir)?;
-    let source = synthetic_source(sh, &dir)?;
+    let source = synthetic_source(&dir)?;
     let home = Home::at(dir.join("home"));
 
     let sha = image::sha256_file(&source)?;
@@ -63,8 +66,10 @@ pub fn run(sh: &Shell) -> anyhow::Result<()> {
         t_overlays.push(started.elapsed());
 
         let started = Instant::now();
-        cmd!(sh, "qemu-img convert -O qcow2 {source} {copy}")
-            .quiet()
+        limited("qemu-img", CONVERT_LIMIT)
+            .args(["convert", "-O", "qcow2"])
+            .arg(&source)
+            .arg(&copy)
             .run()
             .context("qemu-img convert (the manual recipe)")?;
         t_copies.push(started.elapsed());
@@ -109,7 +114,7 @@ fn allocated(p: &Path) -> anyhow::Result<u64> {
 }
 
 /// The compressed source, built once and kept in target/bench-image.
-fn synthetic_source(sh: &Shell, dir: &Path) -> anyhow::Result<PathBuf> {
+fn synthetic_source(dir: &Path) -> anyhow::Result<PathBuf> {
     let out = dir.join(SOURCE_NAME);
     if out.is_file() && image::inspect(&out).is_ok_and(|i| i.compressed) {
         return Ok(out);
@@ -118,7 +123,11 @@ fn synthetic_source(sh: &Shell, dir: &Path) -> anyhow::Result<PathBuf> {
     let raw = dir.join("synthetic.raw");
     write_raw(&raw)?;
     let part = dir.join(format!("{SOURCE_NAME}.part"));
-    cmd!(sh, "qemu-img convert -c -f raw -O qcow2 {raw} {part}").quiet().run()?;
+    limited("qemu-img", CONVERT_LIMIT)
+        .args(["convert", "-c", "-f", "raw", "-O", "qcow2"])
+        .arg(&raw)
+        .arg(&part)
+        .run()?;
     fs::rename(&part, &out)?;
     fs::remove_file(&raw)?;
     Ok(out)

@@ -14,10 +14,10 @@ pub enum Bench {
     Proxy,
 }
 
-pub fn run(sh: &xshell::Shell, which: Bench) -> anyhow::Result<()> {
+pub fn run(which: Bench) -> anyhow::Result<()> {
     match which {
-        Bench::Seed => seed::run(sh),
-        Bench::Image => image::run(sh),
-        Bench::Proxy => proxy::run(sh),
+        Bench::Seed => seed::run(),
+        Bench::Image => image::run(),
+        Bench::Proxy => proxy::run(),
     }
 }

@@ -6,14 +6,13 @@
 //! Our ISO writer alone, on genisoimage's input, is measured too: the command does more
 //! (host key, user-data, SHA-256 manifest of the agent) than genisoimage is asked to.
 
-use std::path::Path;
-use std::process::Command;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, ensure};
-use xshell::{Shell, cmd};
+use crate::limited::{Limited, limited};
 
-use crate::util::project_root;
+/// One seed or genisoimage run (tens of milliseconds), `xorriso` or `sync`.
+const TOOL_LIMIT: Duration = Duration::from_secs(120);
 
 const ROUNDS: usize = 21;
 
@@ -37,25 +36,46 @@ fn collect(root: &Path, dir: &Path) -> anyhow::Result<Vec<String>> {
     Ok(out)
 }
 
-fn time(mut c: Command) -> anyhow::Result<Duration> {
+fn time(c: Limited) -> anyhow::Result<Duration> {
     let t = Instant::now();
-    let out = c.output().with_context(|| format!("cannot run {c:?}"))?;
+    let out = c.output()?;
     let d = t.elapsed();
-    ensure!(out.status.success(), "{c:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    out.ok()?;
     Ok(d)
 }
 
-pub fn run(sh: &Shell) -> anyhow::Result<()> {
-    cmd!(sh, "cargo build -q --release -p almavmm-host").run()?;
-    let bin = project_root().join("target/release/almavmm-host");
+pub fn run() -> anyhow::Result<()> {
+    let bin = crate::e2e::build_host(true)?;
     let dir = tempfile::tempdir()?;
     let d = dir.path();
     let key = d.join("id");
-    ensure!(
-        Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(&key).status()?.success(),
-        "ssh-keygen failed"
-    );
-    // A 5 MiB stand-in agent: ELF magic, then incompressible bytes.
+    crate::e2e::keygen(&key)?;
+    std::fs::write(d.join("agent"), stand_in_agent())?;
+    let ours = |out: &Path| seed_command(&bin, &key, &d.join("agent"), out);
+    time(ours(&d.join("ours.iso")))?;
+
+    // The same tree for genisoimage: take it out of our own ISO, so the bytes are equal.
+    let tree = d.join("tree");
+    limited("xorriso", TOOL_LIMIT)
+        .args(["-osirrox", "on", "-indev"])
+        .arg(d.join("ours.iso"))
+        .args(["-extract", "/"])
+        .arg(&tree)
+        .run()?;
+    let theirs = |out: &Path| genisoimage_command(&tree, out);
+    time(theirs(&d.join("theirs.iso")))?;
+    // Two cases, each in its own series (mixed, one tool's writeback still in flight would
+    // fall on the other's next run): a re-run replacing the previous output (--force;
+    // genisoimage truncates it), then a new file each time.
+    let replacing = take_turns(&ours, &theirs, |_, who| d.join(format!("{who}.iso")))?;
+    let new_file = take_turns(&ours, &theirs, |i, who| d.join(format!("{who}-{i}.iso")))?;
+    let writer = time_writer_alone(&tree, &d.join("writer.iso"))?;
+    print_results(replacing, new_file, writer);
+    Ok(())
+}
+
+/// A 5 MiB stand-in agent: ELF magic, then incompressible bytes.
+fn stand_in_agent() -> Vec<u8> {
     let mut agent = b"\x7fELF".to_vec();
     let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
     while agent.len() < 5 << 20 {
@@ -64,47 +84,46 @@ pub fn run(sh: &Shell) -> anyhow::Result<()> {
         x ^= x << 17;
         agent.extend_from_slice(&x.to_le_bytes());
     }
-    std::fs::write(d.join("agent"), &agent)?;
+    agent
+}
 
-    let ours = |out: &Path| {
-        let mut c = Command::new(&bin);
-        c.args(["seed", "bench", "--ssh-key"]).arg(key.with_extension("pub")).arg("--agent").arg(d.join("agent"));
-        c.arg("-o").arg(out).arg("--force");
-        c
-    };
-    time(ours(&d.join("ours.iso")))?;
+/// The real `almavmm-host seed` command, replacing `out` if it exists.
+fn seed_command(bin: &Path, key: &Path, agent: &Path, out: &Path) -> Limited {
+    limited(bin, TOOL_LIMIT)
+        .args(["seed", "bench", "--ssh-key"])
+        .arg(key.with_extension("pub"))
+        .arg("--agent")
+        .arg(agent)
+        .arg("-o")
+        .arg(out)
+        .arg("--force")
+}
 
-    // The same tree for genisoimage: take it out of our own ISO, so the bytes are equal.
-    let tree = d.join("tree");
-    cmd!(sh, "xorriso -osirrox on -indev {d}/ours.iso -extract / {tree}").quiet().ignore_stderr().run()?;
-    let theirs = |out: &Path| {
-        let mut c = Command::new("genisoimage");
-        c.args(["-quiet", "-J", "-R", "-V", "CIDATA", "-o"]).arg(out).arg(&tree);
-        c
-    };
-    time(theirs(&d.join("theirs.iso")))?;
-    // Taking turns: whatever else the machine does hits both alike. Two cases, each in its
-    // own series (mixed, one tool's writeback still in flight would fall on the other's
-    // next run): a re-run replacing the previous output (--force; genisoimage truncates
-    // it), then a new file each time. `sync` first, so each series starts with a clean disk.
+fn genisoimage_command(tree: &Path, out: &Path) -> Limited {
+    limited("genisoimage", TOOL_LIMIT).args(["-quiet", "-J", "-R", "-V", "CIDATA", "-o"]).arg(out).arg(tree)
+}
+
+/// Medians of `ROUNDS` runs of each, writing to `out(round, "ours" | "theirs")`. Taking
+/// turns: whatever else the machine does hits both alike. `sync` first, so the series
+/// starts with a clean disk.
+fn take_turns(
+    ours: &dyn Fn(&Path) -> Limited,
+    theirs: &dyn Fn(&Path) -> Limited,
+    out: impl Fn(usize, &str) -> PathBuf,
+) -> anyhow::Result<(Duration, Duration)> {
     let (mut ours_runs, mut their_runs) = (Vec::new(), Vec::new());
-    cmd!(sh, "sync").run()?;
-    for _ in 0..ROUNDS {
-        ours_runs.push(time(ours(&d.join("ours.iso")))?);
-        their_runs.push(time(theirs(&d.join("theirs.iso")))?);
-    }
-    let (mut ours_new, mut their_new) = (Vec::new(), Vec::new());
-    cmd!(sh, "sync").run()?;
+    limited("sync", TOOL_LIMIT).run()?;
     for i in 0..ROUNDS {
-        ours_new.push(time(ours(&d.join(format!("ours-{i}.iso"))))?);
-        their_new.push(time(theirs(&d.join(format!("theirs-{i}.iso"))))?);
+        ours_runs.push(time(ours(&out(i, "ours")))?);
+        their_runs.push(time(theirs(&out(i, "theirs")))?);
     }
-    let (t_ours, t_theirs) = (median(ours_runs), median(their_runs));
-    let (t_ours_new, t_theirs_new) = (median(ours_new), median(their_new));
+    Ok((median(ours_runs), median(their_runs)))
+}
 
-    // The ISO writer alone, on exactly genisoimage's input (the files read from disk inside
-    // the timed region, unsynced like the seed command's output), in this process.
-    let files = collect(&tree, &tree)?;
+/// The ISO writer alone, on exactly genisoimage's input (the files read from disk inside
+/// the timed region, unsynced like the seed command's output), in this process.
+fn time_writer_alone(tree: &Path, out: &Path) -> anyhow::Result<Duration> {
+    let files = collect(tree, tree)?;
     let iso_only = || -> anyhow::Result<Duration> {
         use almavmm_host::seed::iso::{Contents, IsoFile, write_iso};
         let t = Instant::now();
@@ -112,13 +131,17 @@ pub fn run(sh: &Shell) -> anyhow::Result<()> {
         for rel in &files {
             list.push(IsoFile { path: rel.clone(), contents: Contents::open(&tree.join(rel))?, mode: 0o644 });
         }
-        let unsynced = almavmm_host::state::atomic::Durability::Unsynced;
-        write_iso(&d.join("writer.iso"), "CIDATA", list, true, unsynced)?;
+        let unsynced = almavmm_shared::atomic::Durability::Unsynced;
+        write_iso(out, "CIDATA", list, true, unsynced)?;
         Ok(t.elapsed())
     };
     iso_only()?;
-    let t_writer = median((0..ROUNDS).map(|_| iso_only()).collect::<anyhow::Result<Vec<_>>>()?);
+    Ok(median((0..ROUNDS).map(|_| iso_only()).collect::<anyhow::Result<Vec<_>>>()?))
+}
 
+/// `replacing` and `new_file`: (ours, genisoimage) medians of each series.
+fn print_results(replacing: (Duration, Duration), new_file: (Duration, Duration), t_writer: Duration) {
+    let ((t_ours, t_theirs), (t_ours_new, t_theirs_new)) = (replacing, new_file);
     let ms = |t: Duration| t.as_secs_f64() * 1e3;
     let ratio = ms(t_ours) / ms(t_theirs);
     let ratio_new = ms(t_ours_new) / ms(t_theirs_new);
@@ -142,5 +165,4 @@ pub fn run(sh: &Shell) -> anyhow::Result<()> {
         ms(t_writer),
         ms(t_writer) / ms(t_theirs)
     );
-    Ok(())
 }

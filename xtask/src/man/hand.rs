@@ -376,8 +376,11 @@ says whether it keeps local time.
 The current and available clocksources.
 .It Pa /etc/os-release
 Which distribution this is.
-.It Pa /etc/resolv.conf , /proc/net/route , /proc/meminfo , /proc/uptime
-Read for the health report.
+.It Pa /etc/resolv.conf , /proc/net/route , /proc/vmstat
+Read for the health report (the OOM kill count from the last); memory, swap, load,
+CPUs, uptime and the mounted filesystems come from /proc and statvfs(3) through the
+sysinfo crate, and the failed units from
+.Ic systemctl list-units --state=failed .
 .It Pa /run/chrony/chronyd.pid
 Tells whether chrony runs, to ask it to step too.
 .It Pa /dev/console

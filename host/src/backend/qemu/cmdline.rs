@@ -4,6 +4,9 @@ use std::path::PathBuf;
 
 use super::accel::Accel;
 
+/// The machine type guests get (and the KVM probe, so that it tests what they run on).
+pub const MACHINE: &str = "pc";
+
 /// Everything the command line depends on.
 #[derive(Debug, Clone)]
 pub struct Launch {
@@ -30,7 +33,7 @@ pub fn args(l: &Launch) -> Vec<String> {
         "-name".into(),
         format!("{},process=almavmm-{}", l.name, l.name),
         "-machine".into(),
-        format!("pc,accel={}", l.accel.qemu_name()),
+        format!("{MACHINE},accel={}", l.accel.qemu_name()),
         "-cpu".into(),
         l.accel.cpu().into(),
         "-smp".into(),

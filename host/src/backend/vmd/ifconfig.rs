@@ -1,12 +1,12 @@
 //! The guest's address, found from the host side of its `local interface`.
 //!
 //! vmd names each tap(4) it gives a VM with the description `vm<ID>-if<N>-<NAME>`
-//! (usr.sbin/vmd/priv.c, `vm_priv_ifconfig`: `snprintf(..., "vm%u-if%u-%s", vm_vmid, i,
+//! (usr.sbin/vmd/priv.c 1.29, `vm_priv_ifconfig`: `snprintf(..., "vm%u-if%u-%s", vm_vmid, i,
 //! vcp_name)` into a 64-byte buffer, so the description is cut at 63 characters), where ID is
 //! the id `vmctl status` shows. A `local interface` gets a /31 whose lower address is the
 //! host's end and whose upper one vmd's DHCP server hands to the guest.
 //!
-//! `ifconfig tap` prints every tap interface (sbin/ifconfig/ifconfig.c): a line
+//! `ifconfig tap` prints every tap interface (sbin/ifconfig/ifconfig.c, `status`; revision not pinned): a line
 //! `tapN: flags=...` at column 0, then tab-indented lines among which `description: TEXT`
 //! and `inet ADDR netmask 0x...`.
 

@@ -1,6 +1,6 @@
 //! `vmctl status`: which guests vmd knows, their ids and states.
 //!
-//! Format (usr.sbin/vmctl/vmctl.c, `print_vm_info`): a header
+//! Format (usr.sbin/vmctl/vmctl.c 1.94, `print_vm_info`): a header
 //! `%5s %5s %5s %7s %7s %7s %12s %8s %s` of ID PID VCPUS MAXMEM CURMEM TTY OWNER STATE NAME,
 //! then one row per VM with the same widths. Columns are right-justified, so a field wider
 //! than its column (an OWNER `user:group`, cut by vmctl at 15 characters) pushes the rest to
@@ -9,9 +9,11 @@
 //! are fmt_scaled(3) strings (`512M`, `1.0G`, `88.1M`). vmctl releases before STATE existed
 //! print eight columns; their state is read from PID.
 //!
-//! A VM vmd does not know has no row; vmctl's exit status does not say so, and
-//! `vmctl status NAME` filters on the client side, so we always list everything and look
-//! for the exact name.
+//! A VM vmd does not know has no row, and `vmctl status NAME` filters on the client side
+//! (`check_info_id`), so we always list everything and look for the exact name.
+//!
+//! When vmd knows no VM at all, vmctl 1.94 prints the header only and exits 1
+//! ([`crate::hostsetup::vmctl::empty_listing`], which cites the source).
 
 use crate::backend::RunState;
 
@@ -99,7 +101,7 @@ pub fn find<'a>(rows: &'a [VmRow], name: &str) -> Option<&'a VmRow> {
     rows.iter().find(|r| r.name == name)
 }
 
-/// vmctl.c `vm_state`: the words it prints. An unknown word is treated as "cannot say".
+/// vmctl.c 1.94 `vm_state`: the words it prints. An unknown word is treated as "cannot say".
 fn state_from_str(s: &str) -> RunState {
     match s {
         "running" => RunState::Running,
@@ -199,6 +201,35 @@ mod tests {
         let rows = parse(EMPTY).unwrap();
         assert!(rows.is_empty());
         assert!(find(&rows, "alma").is_none());
+    }
+
+    #[test]
+    fn three_digit_ids_big_sizes_zero_and_numeric_owners() {
+        // vmctl-status-wide.txt: rows printed through vmctl.c 1.94's formats; fmt_scaled
+        // (libutil fmt_scaled.c) drops the decimal from 100 units up (`100G`, `128G`) and
+        // writes a zero as `0B`; an owner without a passwd/group entry is `%d` then `:%lld`.
+        let rows = parse(include_str!("../../../tests/fixtures/openbsd/vmctl-status-wide.txt")).unwrap();
+        let got: Vec<_> = rows
+            .iter()
+            .map(|r| (r.id, r.pid, r.max_mem, r.cur_mem, r.owner.as_str(), r.state, r.name.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (
+                    100,
+                    Some(12345),
+                    Some(100 << 30),
+                    Some((99.5f64 * (1u64 << 30) as f64) as u64),
+                    "longusername:st",
+                    RunState::Running,
+                    "big"
+                ),
+                (101, None, Some(128 << 30), None, "root:wheel", RunState::Stopped, "huge"),
+                (999, Some(54321), Some(1 << 40), Some(0), "1001:1001", RunState::Running, "zero"),
+                (7, None, Some(512 << 20), None, "alice", RunState::Waiting, "seven"),
+            ]
+        );
     }
 
     #[test]

@@ -62,92 +62,15 @@ fn sectors(bytes: u64) -> u32 {
 /// Decide the layout of an image holding `files` under volume label `volume_id`.
 pub fn plan(files: &[FileSpec<'_>], volume_id: &str, stamp: &Stamp) -> Result<Plan, IsoError> {
     let tree = build_tree(files)?;
-    let ndirs = tree.dirs.len();
-
-    // Directory numbers in each path table: root first, then its children by identifier.
-    let mut primary_order: Vec<usize> = (1..ndirs).collect();
-    let mut joliet_order: Vec<usize> = (1..ndirs).collect();
-    let dir_node = |d: usize| tree.dirs[0].iter().find(|n| matches!(n.kind, Kind::Dir(i) if i == d)).expect("child");
-    primary_order.sort_by(|&a, &b| names::level1_order(&dir_node(a).level1, &dir_node(b).level1));
-    joliet_order.sort_by(|&a, &b| names::joliet_order(&dir_node(a).joliet, &dir_node(b).joliet));
-    primary_order.insert(0, 0);
-    joliet_order.insert(0, 0);
-    let path_entries = |order: &[usize], joliet: bool, locs: &[u32]| -> Vec<(Vec<u8>, u32)> {
-        order
-            .iter()
-            .map(|&d| {
-                let id = match d {
-                    0 => vec![0],
-                    _ if joliet => dir_node(d).joliet.clone(),
-                    _ => dir_node(d).level1.id(true),
-                };
-                (id, locs.get(d).copied().unwrap_or(0))
-            })
-            .collect()
-    };
-    let table = |entries: &[(Vec<u8>, u32)], big_endian: bool| {
-        let e: Vec<PathEntry<'_>> =
-            entries.iter().map(|(id, extent)| PathEntry { id, extent: *extent, parent: 1 }).collect();
-        records::path_table(&e, big_endian)
-    };
-    let primary_table_len = table(&path_entries(&primary_order, false, &[]), false).len() as u64;
-    let joliet_table_len = table(&path_entries(&joliet_order, true, &[]), false).len() as u64;
-
+    let tables = PathTables::new(&tree);
     // Sizes first (a record's length never depends on where things are), then places.
-    let zero =
-        Locations { primary: vec![0; ndirs], joliet: vec![0; ndirs], sizes: vec![0; ndirs], ..Locations::default() };
-    let primary_sizes: Vec<u32> =
-        (0..ndirs).map(|d| sectors(primary_dir(&tree, d, &zero, files, stamp).len() as u64)).collect();
-    let joliet_sizes: Vec<u32> =
-        (0..ndirs).map(|d| sectors(joliet_dir(&tree, d, &zero, files, stamp).len() as u64)).collect();
-
-    let mut next = FIRST_DESCRIPTOR + 3;
-    let mut take = |n: u32| {
-        let at = next;
-        next += n;
-        at
-    };
-    let (pl, pm) = (take(sectors(primary_table_len)), take(sectors(primary_table_len)));
-    let (jl, jm) = (take(sectors(joliet_table_len)), take(sectors(joliet_table_len)));
-    let primary: Vec<u32> = primary_sizes.iter().map(|&s| take(s)).collect();
-    let er_area = take(1);
-    let joliet: Vec<u32> = joliet_sizes.iter().map(|&s| take(s)).collect();
-    let data_start = take(0);
-    let extents: Vec<u32> = files.iter().map(|f| take(sectors(f.len))).collect();
-    let total = take(0);
-
-    let mut locs = Locations { primary, joliet, sizes: primary_sizes, er_area, extents };
-    let mut header = vec![0u8; data_start as usize * SECTOR];
-    let mut put = |sector: u32, bytes: &[u8]| {
-        let at = sector as usize * SECTOR;
-        header[at..at + bytes.len()].copy_from_slice(bytes);
-    };
-    for (big_endian, at) in [(false, pl), (true, pm)] {
-        put(at, &table(&path_entries(&primary_order, false, &locs.primary), big_endian));
-    }
-    for (big_endian, at) in [(false, jl), (true, jm)] {
-        put(at, &table(&path_entries(&joliet_order, true, &locs.joliet), big_endian));
-    }
-    for d in 0..ndirs {
-        put(locs.primary[d], &primary_dir(&tree, d, &locs, files, stamp));
-    }
-    put(er_area, &susp::er());
-    let primary_root = records::dir_record(&[0], locs.primary[0], locs.sizes[0] * SECTOR as u32, true, stamp, &[]);
-    locs.sizes = joliet_sizes;
-    for d in 0..ndirs {
-        put(locs.joliet[d], &joliet_dir(&tree, d, &locs, files, stamp));
-    }
-    let joliet_root = records::dir_record(&[0], locs.joliet[0], locs.sizes[0] * SECTOR as u32, true, stamp, &[]);
-    let descriptors = [
-        (Descriptor::Primary, primary_table_len, pl, pm, primary_root),
-        (Descriptor::Joliet, joliet_table_len, jl, jm, joliet_root),
-    ];
-    for (i, (kind, len, l, m, root)) in descriptors.into_iter().enumerate() {
-        let where_ = TreeLocation { path_table_size: len as u32, l_table: l, m_table: m, root_record: root };
-        put(FIRST_DESCRIPTOR + i as u32, &records::volume_descriptor(kind, volume_id, total, &where_, stamp));
-    }
-    put(FIRST_DESCRIPTOR + 2, &records::terminator());
-    Ok(Plan { header, extents: locs.extents, sectors: total })
+    let sizes = DirSizes::of(&tree, files, stamp);
+    let mut places = Places::allocate(&tables, &sizes, files);
+    let mut header = Header(vec![0u8; places.data_start as usize * SECTOR]);
+    header.put_path_tables(&tables, &places);
+    let roots = header.put_directories(&tree, &mut places.locs, sizes.joliet, files, stamp);
+    header.put_descriptors(volume_id, &places, roots, stamp);
+    Ok(Plan { header: header.0, extents: places.locs.extents, sectors: places.total })
 }
 
 #[derive(Default)]
@@ -158,6 +81,188 @@ struct Locations {
     sizes: Vec<u32>,
     er_area: u32,
     extents: Vec<u32>,
+}
+
+impl Tree {
+    /// The root's entry for directory `d`: every other directory is the root's child.
+    fn child_dir(&self, d: usize) -> &Node {
+        self.dirs[0].iter().find(|n| matches!(n.kind, Kind::Dir(i) if i == d)).expect("child")
+    }
+}
+
+/// Directory numbers in each path table: root first, then its children by identifier.
+struct PathTables<'t> {
+    tree: &'t Tree,
+    primary: Vec<usize>,
+    joliet: Vec<usize>,
+}
+
+impl PathTables<'_> {
+    fn new(tree: &Tree) -> PathTables<'_> {
+        let ndirs = tree.dirs.len();
+        let mut primary: Vec<usize> = (1..ndirs).collect();
+        let mut joliet: Vec<usize> = (1..ndirs).collect();
+        primary.sort_by(|&a, &b| names::level1_order(&tree.child_dir(a).level1, &tree.child_dir(b).level1));
+        joliet.sort_by(|&a, &b| names::joliet_order(&tree.child_dir(a).joliet, &tree.child_dir(b).joliet));
+        primary.insert(0, 0);
+        joliet.insert(0, 0);
+        PathTables { tree, primary, joliet }
+    }
+
+    /// The primary or Joliet table, type L or (`big_endian`) M, with the directories at
+    /// `locs` (none yet while only its length is wanted).
+    fn table(&self, joliet: bool, locs: &[u32], big_endian: bool) -> Vec<u8> {
+        let order = if joliet { &self.joliet } else { &self.primary };
+        let entries: Vec<(Vec<u8>, u32)> = order
+            .iter()
+            .map(|&d| {
+                let id = match d {
+                    0 => vec![0],
+                    _ if joliet => self.tree.child_dir(d).joliet.clone(),
+                    _ => self.tree.child_dir(d).level1.id(true),
+                };
+                (id, locs.get(d).copied().unwrap_or(0))
+            })
+            .collect();
+        let e: Vec<PathEntry<'_>> =
+            entries.iter().map(|(id, extent)| PathEntry { id, extent: *extent, parent: 1 }).collect();
+        records::path_table(&e, big_endian)
+    }
+
+    fn len(&self, joliet: bool) -> u64 {
+        self.table(joliet, &[], false).len() as u64
+    }
+}
+
+/// Each directory's size in sectors, in the primary and in the Joliet tree.
+struct DirSizes {
+    primary: Vec<u32>,
+    joliet: Vec<u32>,
+}
+
+impl DirSizes {
+    fn of(tree: &Tree, files: &[FileSpec<'_>], stamp: &Stamp) -> DirSizes {
+        let ndirs = tree.dirs.len();
+        let zero = Locations {
+            primary: vec![0; ndirs],
+            joliet: vec![0; ndirs],
+            sizes: vec![0; ndirs],
+            ..Locations::default()
+        };
+        DirSizes {
+            primary: (0..ndirs).map(|d| sectors(primary_dir(tree, d, &zero, files, stamp).len() as u64)).collect(),
+            joliet: (0..ndirs).map(|d| sectors(joliet_dir(tree, d, &zero, files, stamp).len() as u64)).collect(),
+        }
+    }
+}
+
+/// Where a tree's path tables are: its type L and type M copies, and their length in bytes.
+struct TablePlace {
+    len: u64,
+    l: u32,
+    m: u32,
+}
+
+/// The first sector of everything, in the order laid out after the descriptors.
+struct Places {
+    primary_table: TablePlace,
+    joliet_table: TablePlace,
+    /// With the primary tree's directory sizes.
+    locs: Locations,
+    data_start: u32,
+    total: u32,
+}
+
+impl Places {
+    fn allocate(tables: &PathTables<'_>, sizes: &DirSizes, files: &[FileSpec<'_>]) -> Places {
+        let mut next = FIRST_DESCRIPTOR + 3;
+        let mut take = |n: u32| {
+            let at = next;
+            next += n;
+            at
+        };
+        let (primary_len, joliet_len) = (tables.len(false), tables.len(true));
+        let (pl, pm) = (take(sectors(primary_len)), take(sectors(primary_len)));
+        let (jl, jm) = (take(sectors(joliet_len)), take(sectors(joliet_len)));
+        let primary: Vec<u32> = sizes.primary.iter().map(|&s| take(s)).collect();
+        let er_area = take(1);
+        let joliet: Vec<u32> = sizes.joliet.iter().map(|&s| take(s)).collect();
+        let data_start = take(0);
+        let extents: Vec<u32> = files.iter().map(|f| take(sectors(f.len))).collect();
+        let total = take(0);
+        Places {
+            primary_table: TablePlace { len: primary_len, l: pl, m: pm },
+            joliet_table: TablePlace { len: joliet_len, l: jl, m: jm },
+            locs: Locations { primary, joliet, sizes: sizes.primary.clone(), er_area, extents },
+            data_start,
+            total,
+        }
+    }
+}
+
+/// Every sector before the first file's data, filled in place by place.
+struct Header(Vec<u8>);
+
+impl Header {
+    fn put(&mut self, sector: u32, bytes: &[u8]) {
+        let at = sector as usize * SECTOR;
+        self.0[at..at + bytes.len()].copy_from_slice(bytes);
+    }
+
+    fn put_path_tables(&mut self, tables: &PathTables<'_>, places: &Places) {
+        let (p, j) = (&places.primary_table, &places.joliet_table);
+        for (big_endian, at) in [(false, p.l), (true, p.m)] {
+            self.put(at, &tables.table(false, &places.locs.primary, big_endian));
+        }
+        for (big_endian, at) in [(false, j.l), (true, j.m)] {
+            self.put(at, &tables.table(true, &places.locs.joliet, big_endian));
+        }
+    }
+
+    /// Both trees' directories and the Rock Ridge ER area; returns the primary and the
+    /// Joliet root records, for the descriptors. `locs` ends with the Joliet sizes.
+    fn put_directories(
+        &mut self,
+        tree: &Tree,
+        locs: &mut Locations,
+        joliet_sizes: Vec<u32>,
+        files: &[FileSpec<'_>],
+        stamp: &Stamp,
+    ) -> [Vec<u8>; 2] {
+        let ndirs = tree.dirs.len();
+        for d in 0..ndirs {
+            self.put(locs.primary[d], &primary_dir(tree, d, locs, files, stamp));
+        }
+        self.put(locs.er_area, &susp::er());
+        let primary_root = records::dir_record(&[0], locs.primary[0], locs.sizes[0] * SECTOR as u32, true, stamp, &[]);
+        locs.sizes = joliet_sizes;
+        for d in 0..ndirs {
+            self.put(locs.joliet[d], &joliet_dir(tree, d, locs, files, stamp));
+        }
+        let joliet_root = records::dir_record(&[0], locs.joliet[0], locs.sizes[0] * SECTOR as u32, true, stamp, &[]);
+        [primary_root, joliet_root]
+    }
+
+    fn put_descriptors(&mut self, volume_id: &str, places: &Places, roots: [Vec<u8>; 2], stamp: &Stamp) {
+        let [primary_root, joliet_root] = roots;
+        let descriptors = [
+            (Descriptor::Primary, &places.primary_table, primary_root),
+            (Descriptor::Joliet, &places.joliet_table, joliet_root),
+        ];
+        for (i, (kind, table, root)) in descriptors.into_iter().enumerate() {
+            let where_ = TreeLocation {
+                path_table_size: table.len as u32,
+                l_table: table.l,
+                m_table: table.m,
+                root_record: root,
+            };
+            self.put(
+                FIRST_DESCRIPTOR + i as u32,
+                &records::volume_descriptor(kind, volume_id, places.total, &where_, stamp),
+            );
+        }
+        self.put(FIRST_DESCRIPTOR + 2, &records::terminator());
+    }
 }
 
 fn build_tree(files: &[FileSpec<'_>]) -> Result<Tree, IsoError> {

@@ -22,7 +22,7 @@ use std::path::Path;
 pub use names::check_name;
 pub use tee::{Chunks, Tee, tee};
 
-use crate::state::atomic::{self, Durability};
+use almavmm_shared::atomic::{self, Durability};
 use layout::FileSpec;
 use records::{SECTOR, Stamp};
 
@@ -181,7 +181,7 @@ pub fn stage_iso(
 ) -> Result<StagedIso, IsoError> {
     let specs: Vec<FileSpec<'_>> =
         files.iter().map(|f| FileSpec { path: &f.path, len: f.contents.len(), mode: f.mode }).collect();
-    let plan = layout::plan(&specs, volume_id, &Stamp::from_unix(unix_now()))?;
+    let plan = layout::plan(&specs, volume_id, &Stamp::from_unix(almavmm_shared::clock::unix_now() as i64))?;
     if !replace && out.exists() {
         return Err(IsoError::Exists(out.display().to_string()));
     }
@@ -308,10 +308,6 @@ fn zeros(out: &mut Image<'_>, n: u64) -> io::Result<()> {
         left -= k as u64;
     }
     Ok(())
-}
-
-fn unix_now() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
 
 #[cfg(test)]
