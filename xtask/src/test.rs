@@ -47,8 +47,8 @@ pub fn run(args: TestArgs) -> anyhow::Result<()> {
         crate::kmod::run(crate::kmod::KmodArgs::default())?;
     }
     {
-        let _s = Stage::new("release tree (dist): man pages, completions, layout");
-        crate::dist::run(crate::dist::DistArgs {})?;
+        let _s = Stage::new("release tree (dist): man pages, completions, layout, with the dev-profile host");
+        crate::dist::build_and_check(crate::dist::HostProfile::Dev)?;
     }
     if !args.no_fresh_root {
         let _s = Stage::new("fresh Debian 12 root: `xtask deps --for demo --install` from a cold apt");
@@ -61,7 +61,7 @@ pub fn run(args: TestArgs) -> anyhow::Result<()> {
         }
         {
             // The same scenario through the vmd backend, against the OpenBSD stand-ins in
-            // private namespaces (crate::vmdrig): about 9 minutes under TCG.
+            // private namespaces (crate::vmdrig): about 7 minutes under TCG.
             let _s = Stage::new("end to end through vmd (OpenBSD stand-ins)");
             crate::e2e::run(crate::e2e::E2eArgs { backend: Some("vmd".into()), ..Default::default() })?;
         }
