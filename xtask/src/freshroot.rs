@@ -1,5 +1,6 @@
 //! `cargo xtask fresh-root`: the README promises that `cargo xtask demo` installs what it
-//! needs on a fresh Debian 12 machine. This checks it on one, every CI run.
+//! needs on a fresh Debian 12 machine. This checks it on one, every CI run; `--suite trixie`
+//! checks the same on Debian 13 (QEMU from trixie itself, no backports), by hand.
 //!
 //! 1. A minimal Debian 12 root is built with mmdebstrap, once, and cached in
 //!    `$ALMAVMM_E2E_CACHE` (default /var/cache/almavmm-e2e) as `fresh-root-bookworm-HASH/`,
@@ -51,11 +52,42 @@ use crate::util::{Stage, project_root};
 const CACHE_ENV: &str = "ALMAVMM_E2E_CACHE";
 const DEFAULT_CACHE: &str = "/var/cache/almavmm-e2e";
 
-const SUITE: &str = "bookworm";
-/// mmdebstrap's arguments before the target folder: the whole recipe, hashed into the
-/// cache name. No mirror: mmdebstrap then adds the updates and security suites, as a
-/// Debian installer does. minbase: Priority required, plus apt.
-const RECIPE: &[&str] = &["--mode=root", "--variant=minbase", r#"--aptopt=Acquire::Retries "3""#, SUITE];
+/// The Debian release of the fresh root.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum FreshSuite {
+    /// Debian 12: QEMU must come from bookworm-backports, with qemu-img from the same source.
+    #[default]
+    Bookworm,
+    /// Debian 13: QEMU from trixie itself.
+    Trixie,
+}
+
+impl FreshSuite {
+    fn codename(self) -> &'static str {
+        match self {
+            FreshSuite::Bookworm => "bookworm",
+            FreshSuite::Trixie => "trixie",
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            FreshSuite::Bookworm => "Debian 12",
+            FreshSuite::Trixie => "Debian 13",
+        }
+    }
+
+    fn distro(self) -> Distro {
+        Distro::Debian { codename: self.codename().to_string() }
+    }
+
+    /// mmdebstrap's arguments before the target folder: the whole recipe, hashed into the
+    /// cache name. No mirror: mmdebstrap then adds the updates and security suites, as a
+    /// Debian installer does. minbase: Priority required, plus apt.
+    fn recipe(self) -> [&'static str; 4] {
+        ["--mode=root", "--variant=minbase", r#"--aptopt=Acquire::Retries "3""#, self.codename()]
+    }
+}
 
 const BUILD_LIMIT: Duration = Duration::from_secs(20 * 60);
 const INSTALL_LIMIT: Duration = Duration::from_secs(30 * 60);
@@ -63,6 +95,9 @@ const CHECK_LIMIT: Duration = Duration::from_secs(5 * 60);
 
 #[derive(Debug, Default, clap::Args)]
 pub struct FreshRootArgs {
+    /// The Debian release to check on.
+    #[arg(long, value_enum, default_value_t)]
+    pub suite: FreshSuite,
     /// Build the root again even if the cache holds one of this recipe.
     #[arg(long)]
     pub rebuild: bool,
@@ -84,8 +119,8 @@ pub fn run(args: FreshRootArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot create {}; set {CACHE_ENV} to a writable folder", cache.display()))?;
     remove_stale(&cache)?;
     let base = {
-        let _s = Stage::new("fresh root: minimal Debian 12 (cached)");
-        ensure_root(&cache, args.rebuild)?
+        let _s = Stage::new(format!("fresh root: minimal {} (cached)", args.suite.label()));
+        ensure_root(&cache, args.suite, args.rebuild)?
     };
     let shares = shares()?;
     let scratch = Scratch::create(&cache, args.keep)?;
@@ -101,14 +136,15 @@ pub fn run(args: FreshRootArgs) -> anyhow::Result<()> {
     let before = read_dpkg_status(&base.join("var/lib/dpkg/status"))?;
     let after = read_dpkg_status(&scratch.path.join("root.upper/var/lib/dpkg/status"))
         .context("the install wrote no dpkg status: nothing was installed")?;
-    let added = verify(&before, &after)?;
+    let added = verify(args.suite, &before, &after)?;
     let kib: u64 = added.iter().map(|p| p.installed_kib).sum();
     println!(
-        "fresh Debian 12 root: `xtask deps --for demo --install` installed {} packages ({} MiB), among them:",
+        "fresh {} root: `xtask deps --for demo --install` installed {} packages ({} MiB), among them:",
+        args.suite.label(),
         added.len(),
         kib.div_ceil(1024)
     );
-    let wanted = deps::packages_of(&deps::needs(&bookworm(), Purpose::Demo));
+    let wanted = deps::packages_of(&deps::needs(&args.suite.distro(), Purpose::Demo));
     for p in added.iter().filter(|p| wanted.contains(&p.name.as_str())) {
         println!("  {:<24} {}", p.name, p.version);
     }
@@ -117,30 +153,26 @@ pub fn run(args: FreshRootArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn bookworm() -> Distro {
-    Distro::Debian { codename: SUITE.to_string() }
-}
-
 fn cache_dir() -> PathBuf {
     std::env::var_os(CACHE_ENV).filter(|v| !v.is_empty()).map(PathBuf::from).unwrap_or_else(|| DEFAULT_CACHE.into())
 }
 
-fn recipe_hash() -> String {
+fn recipe_hash(suite: FreshSuite) -> String {
     let mut h = Sha256::new();
-    for part in RECIPE {
+    for part in suite.recipe() {
         h.update((part.len() as u64).to_le_bytes());
         h.update(part);
     }
     h.finalize().iter().take(8).map(|b| format!("{b:02x}")).collect()
 }
 
-fn root_name() -> String {
-    format!("fresh-root-{SUITE}-{}", recipe_hash())
+fn root_name(suite: FreshSuite) -> String {
+    format!("fresh-root-{}-{}", suite.codename(), recipe_hash(suite))
 }
 
 /// The cached root of this recipe, built first if there is none.
-fn ensure_root(cache: &Path, rebuild: bool) -> anyhow::Result<PathBuf> {
-    let root = cache.join(root_name());
+fn ensure_root(cache: &Path, suite: FreshSuite, rebuild: bool) -> anyhow::Result<PathBuf> {
+    let root = cache.join(root_name(suite));
     if root.join("var/lib/dpkg/status").is_file() && !rebuild {
         eprintln!("reusing {}", root.display());
         return Ok(root);
@@ -148,7 +180,7 @@ fn ensure_root(cache: &Path, rebuild: bool) -> anyhow::Result<PathBuf> {
     let build = cache.join(format!(".fresh-root-build-{}", std::process::id()));
     let _ = fs::remove_dir_all(&build);
     let t = Instant::now();
-    let result = limited("mmdebstrap", BUILD_LIMIT).args(RECIPE).arg(&build).run_inherited();
+    let result = limited("mmdebstrap", BUILD_LIMIT).args(suite.recipe()).arg(&build).run_inherited();
     if let Err(e) = result {
         let _ = fs::remove_dir_all(&build);
         return Err(e);
@@ -162,7 +194,7 @@ fn ensure_root(cache: &Path, rebuild: bool) -> anyhow::Result<PathBuf> {
     // Roots of older recipes are of no use any more.
     for e in fs::read_dir(cache)?.filter_map(Result::ok) {
         let n = e.file_name().to_string_lossy().into_owned();
-        if n.starts_with(&format!("fresh-root-{SUITE}-")) && n != root_name() {
+        if n.starts_with(&format!("fresh-root-{}-", suite.codename())) && n != root_name(suite) {
             eprintln!("removing the superseded {n}");
             fs::remove_dir_all(e.path())?;
         }
@@ -302,7 +334,7 @@ fn session(base: &Path, scratch: &Path, shares: &[PathBuf], inner: &str, limit: 
         .args(["--mount", "--pid", "--fork", "--kill-child", "--propagation", "private", "--", "sh", "-euc"])
         .arg(script)
         .run_inherited()
-        .with_context(|| format!("`{inner}` in the fresh Debian 12 root"))
+        .with_context(|| format!("`{inner}` in the fresh root"))
 }
 
 /// The environment inside: nothing of ours but the toolchain's whereabouts.
@@ -398,14 +430,25 @@ fn parse_dpkg_status(text: &str) -> BTreeMap<String, Pkg> {
 }
 
 /// Judge the install: what was added or changed, if it is right.
-fn verify(before: &BTreeMap<String, Pkg>, after: &BTreeMap<String, Pkg>) -> anyhow::Result<Vec<Pkg>> {
+fn verify(
+    suite: FreshSuite,
+    before: &BTreeMap<String, Pkg>,
+    after: &BTreeMap<String, Pkg>,
+) -> anyhow::Result<Vec<Pkg>> {
     let added: Vec<Pkg> = after.values().filter(|p| before.get(&p.name) != Some(*p)).cloned().collect();
-    let wanted = deps::packages_of(&deps::needs(&bookworm(), Purpose::Demo));
+    let wanted = deps::packages_of(&deps::needs(&suite.distro(), Purpose::Demo));
     let absent: Vec<&str> = wanted.iter().copied().filter(|p| !after.contains_key(*p)).collect();
     ensure!(absent.is_empty(), "not installed in the fresh root: {}", absent.join(", "));
     let [sys, utils] = deps::QEMU_PAIR.map(|n| &after[n].version);
     ensure!(sys == utils, "qemu-system-x86 {sys} and qemu-utils {utils} are not from one source");
-    ensure!(sys.contains("~bpo12"), "QEMU {sys} is not bookworm-backports' (a ~bpo12 version)");
+    // Backports versions carry `~bpoN`: bookworm's own QEMU 7.2 would remove the machine's
+    // qemu-img, trixie's own QEMU is the one to use.
+    match suite {
+        FreshSuite::Bookworm => {
+            ensure!(sys.contains("~bpo12"), "QEMU {sys} is not bookworm-backports' (a ~bpo12 version)")
+        }
+        FreshSuite::Trixie => ensure!(!sys.contains("~bpo"), "QEMU {sys} is from backports, not from trixie itself"),
+    }
     let kernel: Vec<&str> = added
         .iter()
         .map(|p| p.name.as_str())
@@ -427,7 +470,10 @@ mod tests {
 
     fn demo_installed(qemu: &str, utils: &str) -> BTreeMap<String, Pkg> {
         let mut m: BTreeMap<String, Pkg> =
-            deps::packages_of(&deps::needs(&bookworm(), Purpose::Demo)).into_iter().map(|n| pkg(n, "1.0")).collect();
+            deps::packages_of(&deps::needs(&FreshSuite::Bookworm.distro(), Purpose::Demo))
+                .into_iter()
+                .map(|n| pkg(n, "1.0"))
+                .collect();
         m.extend([pkg("qemu-system-x86", qemu), pkg("qemu-utils", utils)]);
         m
     }
@@ -439,17 +485,18 @@ mod tests {
         let before: BTreeMap<_, _> = [pkg("apt", "2.6.1")].into();
         let mut after = demo_installed(BPO, BPO);
         after.extend([pkg("apt", "2.6.1")]);
-        let added = verify(&before, &after).unwrap();
+        let added = verify(FreshSuite::Bookworm, &before, &after).unwrap();
         assert!(added.iter().any(|p| p.name == "qemu-utils"));
         assert!(!added.iter().any(|p| p.name == "apt"), "unchanged packages are not listed");
     }
 
     #[test]
     fn qemu_from_two_sources_fails() {
-        let err = verify(&BTreeMap::new(), &demo_installed(BPO, "1:7.2+dfsg-7+deb12u18+b3")).unwrap_err();
+        let err = verify(FreshSuite::Bookworm, &BTreeMap::new(), &demo_installed(BPO, "1:7.2+dfsg-7+deb12u18+b3"))
+            .unwrap_err();
         assert!(err.to_string().contains("not from one source"), "{err}");
         let main = "1:7.2+dfsg-7+deb12u18+b3";
-        let err = verify(&BTreeMap::new(), &demo_installed(main, main)).unwrap_err();
+        let err = verify(FreshSuite::Bookworm, &BTreeMap::new(), &demo_installed(main, main)).unwrap_err();
         assert!(err.to_string().contains("bookworm-backports"), "{err}");
     }
 
@@ -457,7 +504,7 @@ mod tests {
     fn kernel_headers_in_the_demo_install_fail() {
         let mut after = demo_installed(BPO, BPO);
         after.extend([pkg("linux-headers-6.1.0-50-cloud-amd64", "6.1.176-1")]);
-        let err = verify(&BTreeMap::new(), &after).unwrap_err().to_string();
+        let err = verify(FreshSuite::Bookworm, &BTreeMap::new(), &after).unwrap_err().to_string();
         assert!(err.contains("linux-headers-6.1.0-50-cloud-amd64"), "{err}");
     }
 
@@ -465,7 +512,7 @@ mod tests {
     fn a_missing_demo_package_fails() {
         let mut after = demo_installed(BPO, BPO);
         after.remove("mmdebstrap");
-        let err = verify(&BTreeMap::new(), &after).unwrap_err().to_string();
+        let err = verify(FreshSuite::Bookworm, &BTreeMap::new(), &after).unwrap_err().to_string();
         assert!(err.contains("mmdebstrap"), "{err}");
     }
 
@@ -563,10 +610,29 @@ mod tests {
 
     #[test]
     fn the_recipe_names_no_mirror_and_no_backports() {
-        assert!(RECIPE.iter().all(|a| !a.contains("http") && !a.contains("backports")), "{RECIPE:?}");
-        assert_eq!(RECIPE.last(), Some(&SUITE));
-        assert!(
-            root_name().starts_with("fresh-root-bookworm-") && root_name().len() == "fresh-root-bookworm-".len() + 16
-        );
+        for suite in [FreshSuite::Bookworm, FreshSuite::Trixie] {
+            let recipe = suite.recipe();
+            assert!(recipe.iter().all(|a| !a.contains("http") && !a.contains("backports")), "{recipe:?}");
+            assert_eq!(recipe.last(), Some(&suite.codename()));
+            let prefix = format!("fresh-root-{}-", suite.codename());
+            let name = root_name(suite);
+            assert!(name.starts_with(&prefix) && name.len() == prefix.len() + 16, "{name}");
+        }
+        assert_ne!(recipe_hash(FreshSuite::Bookworm), recipe_hash(FreshSuite::Trixie));
+    }
+
+    #[test]
+    fn on_trixie_qemu_comes_from_trixie_itself() {
+        let trixie = "1:10.0.7+ds-0+deb13u1";
+        let mut after: BTreeMap<String, Pkg> =
+            deps::packages_of(&deps::needs(&FreshSuite::Trixie.distro(), Purpose::Demo))
+                .into_iter()
+                .map(|n| pkg(n, "1.0"))
+                .collect();
+        after.extend([pkg("qemu-system-x86", trixie), pkg("qemu-utils", trixie)]);
+        verify(FreshSuite::Trixie, &BTreeMap::new(), &after).unwrap();
+        after.extend([pkg("qemu-system-x86", BPO), pkg("qemu-utils", BPO)]);
+        let err = verify(FreshSuite::Trixie, &BTreeMap::new(), &after).unwrap_err();
+        assert!(err.to_string().contains("from backports"), "{err}");
     }
 }

@@ -35,7 +35,7 @@ enum Cmd {
     Test(test::TestArgs),
     /// Check (and with --install, install) the system packages the demo or the tests need.
     Deps(deps::DepsArgs),
-    /// Check `deps --for demo --install` on a fresh Debian 12 root (mmdebstrap, cached), from a cold apt.
+    /// Check `deps --for demo --install` on a fresh Debian 12 (or 13) root (mmdebstrap, cached), from a cold apt.
     FreshRoot(freshroot::FreshRootArgs),
     /// Build the static Linux agent binary (musl if installed, else glibc with crt-static).
     Agent(agent::AgentArgs),
