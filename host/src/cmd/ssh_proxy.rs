@@ -35,8 +35,9 @@ Use it through `almavmm-host ssh-config`, or directly:
 A guest that is down is started and the connection relayed as soon as its sshd answers.
 When the proxy that started a guest ends and no other proxy session for that guest is
 alive, the guest is stopped after --idle. A guest started with `up` or `start` is never
-stopped by the proxy. Before relaying, the guest's clock is measured (after a start, or if
-it was not measured in the last 10 minutes) and synced when off by more than 100 ms.")]
+stopped by the proxy. While the session is relayed, the guest's clock is measured on a
+connection of its own (after a start, or if it was not measured in the last 10 minutes) and
+synced when off by more than 100 ms; the result goes to the guest's events.log.")]
 pub struct SshProxyArgs {
     /// Host name as ssh gives it (%h): NAME.almavmm or NAME.
     pub host: String,
