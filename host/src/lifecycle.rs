@@ -15,7 +15,7 @@ use crate::state::home::Home;
 use crate::state::name::VmName;
 use crate::state::vm::Vm;
 
-/// How long `start` and `stop` wait for another command that holds the guest: enough for
+/// How long `start`, `stop` and `destroy` wait for another command that holds the guest: enough for
 /// an ssh-proxy's idle stop, whose clean power-off may take its whole timeout, and the
 /// forced one after it.
 pub const LOCK_WAIT: Duration = Duration::from_secs(crate::proxy::idle::IDLE_STOP_TIMEOUT.as_secs() + 30);

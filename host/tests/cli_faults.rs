@@ -75,21 +75,6 @@ fn too_little_memory_is_refused_before_anything_is_created() {
 }
 
 #[test]
-fn a_second_command_on_a_busy_guest_is_refused_naming_the_holder() {
-    let e = Env::new();
-    let dir = e.home().join("vms/alma");
-    std::fs::create_dir_all(&dir).unwrap();
-    let _held = almavmm_host::state::vm::VmLock::acquire(&dir.join("lock"), "alma").unwrap();
-    let o = e.run(&["up", "alma", "--ssh-key", &e.key_pub()]);
-    assert_eq!(o.status.code(), Some(1));
-    let err = stderr(&o);
-    assert!(
-        err.contains(&format!("another almavmm-host command is working on alma (pid {})", std::process::id())),
-        "{err}"
-    );
-}
-
-#[test]
 fn unknown_guests_exit_3_and_name_the_ones_that_exist() {
     let e = Env::new();
     for cmd in [
@@ -134,15 +119,11 @@ fn a_private_key_is_refused_for_up_too() {
     assert!(stderr(&o).contains("holds a private key; pass the public half"), "{}", stderr(&o));
 }
 
-/// `stop` (like `start`) run while another command holds the guest, as an ssh-proxy does
-/// while it stops the guest after its last session: it says so, waits for the holder to
-/// let go, then does its work.
-#[test]
-fn stop_waits_for_a_command_that_holds_the_guest() {
+/// A stopped guest with a vm.yaml (no disk), for commands that only need to find it.
+fn define_stopped_guest(e: &Env) -> std::path::PathBuf {
+    use almavmm_host::state::size::ByteSize;
     use almavmm_host::state::spec::{BackendKind, ImageSpec, ImageTrust, VmSpec};
-    use almavmm_host::state::{size::ByteSize, vm::VmLock};
 
-    let e = Env::new();
     let dir = e.home().join("vms/alma");
     std::fs::create_dir_all(&dir).unwrap();
     let spec = VmSpec {
@@ -163,17 +144,61 @@ fn stop_waits_for_a_command_that_holds_the_guest() {
         instance_id: "iid-almavmm-alma-00".into(),
     };
     spec.save(&dir.join("vm.yaml")).unwrap();
-    let held = VmLock::acquire(&dir.join("lock"), "alma").unwrap();
+    dir
+}
+
+/// Run `args` while another command holds the guest for a second, as an ssh-proxy's reaper
+/// does while it finishes an idle stop: the command says so, waits for the holder to let go,
+/// then does its work.
+fn run_while_held(
+    e: &Env,
+    dir: &std::path::Path,
+    args: &[&str],
+    path: Option<&Path>,
+) -> (std::process::Output, String) {
+    let held = almavmm_host::state::vm::VmLock::acquire(&dir.join("lock"), "alma").unwrap();
     let release = std::thread::spawn(move || {
         std::thread::sleep(std::time::Duration::from_secs(1));
         drop(held);
     });
-    let o = e.run(&["stop", "alma"]);
+    let o = e.run_with_path(args, path);
     release.join().unwrap();
     let err = stderr(&o);
-    assert_eq!(o.status.code(), Some(0), "{err}");
     let waiting =
         format!("another almavmm-host command (pid {}) is working on alma; waiting up to", std::process::id());
     assert!(err.contains(&waiting), "{err}");
+    (o, err)
+}
+
+#[test]
+fn stop_waits_for_a_command_that_holds_the_guest() {
+    let e = Env::new();
+    let dir = define_stopped_guest(&e);
+    let (o, err) = run_while_held(&e, &dir, &["stop", "alma"], None);
+    assert_eq!(o.status.code(), Some(0), "{err}");
     assert!(err.contains("alma is not running"), "{err}");
+}
+
+/// `destroy` right after an idle stop: the e2e met the reaper still holding the guest.
+#[test]
+fn destroy_waits_for_a_command_that_holds_the_guest() {
+    let e = Env::new();
+    let dir = define_stopped_guest(&e);
+    let (o, err) = run_while_held(&e, &dir, &["destroy", "alma", "--yes"], None);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    assert!(err.contains("alma destroyed"), "{err}");
+    assert!(!dir.exists(), "the guest's folder is still there");
+}
+
+/// `up` of an existing guest right after an idle stop waits too, instead of refusing. Then
+/// it goes on to its first stage, which fails at once here: no QEMU on an empty PATH.
+#[test]
+fn up_waits_for_a_command_that_holds_the_guest() {
+    let e = Env::new();
+    let dir = define_stopped_guest(&e);
+    let empty = tempfile::tempdir().unwrap();
+    let (o, err) = run_while_held(&e, &dir, &["up", "alma"], Some(empty.path()));
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(!err.contains("wait for it to finish, or stop it"), "up refused instead of waiting: {err}");
+    assert!(err.contains("was not found on PATH"), "up did not go on to its host stage: {err}");
 }

@@ -21,7 +21,8 @@ pub struct DestroyArgs {
 
 pub fn run(args: DestroyArgs) -> anyhow::Result<u8> {
     let g = lifecycle::open(&args.name)?;
-    let _lock = g.vm.lock()?;
+    // Like stop: right after an idle stop, the proxy's reaper may still hold the guest.
+    let _lock = g.vm.lock_waiting(lifecycle::LOCK_WAIT)?;
     if !args.yes {
         if !std::io::stdin().is_terminal() {
             bail!("refusing to destroy {} without confirmation: pass --yes", g.vm.name);

@@ -142,8 +142,9 @@ pub fn run(args: UpArgs) -> anyhow::Result<u8> {
     home.ensure_dir(&home.vms_dir())?;
     let existed = home.vm_dir(&args.name).is_dir();
     let dir = home.ensure_dir(&home.vm_dir(&args.name))?;
-    // The lock file lives in the guest's folder, which must exist first.
-    let lock = crate::state::vm::VmLock::acquire(&dir.join("lock"), args.name.as_str())?;
+    // The lock file lives in the guest's folder, which must exist first. Like start: right
+    // after an idle stop, the proxy's reaper may still hold the guest.
+    let lock = crate::state::vm::VmLock::acquire_waiting(&dir.join("lock"), args.name.as_str(), lifecycle::LOCK_WAIT)?;
     let vm = match load_or_create(&home, &args, &dir) {
         Ok(vm) => vm,
         Err(e) => {

@@ -171,18 +171,7 @@ impl Vm {
     /// ssh-proxy stopping the guest after its last session, say), say so once and wait up
     /// to `limit` for it to finish, then fail naming it.
     pub fn lock_waiting(&self, limit: std::time::Duration) -> Result<VmLock, LockError> {
-        match self.lock() {
-            Err(LockError::Busy { holder, .. }) => {
-                let pid = holder.map(|p| format!(" (pid {p})")).unwrap_or_default();
-                eprintln!(
-                    "another almavmm-host command{pid} is working on {}; waiting up to {} s for it to finish",
-                    self.name,
-                    limit.as_secs()
-                );
-                VmLock::acquire_wait(&self.lock_path(), self.name.as_str(), limit)
-            }
-            other => other,
-        }
+        VmLock::acquire_waiting(&self.lock_path(), self.name.as_str(), limit)
     }
 }
 
@@ -208,6 +197,21 @@ pub enum LockError {
 }
 
 impl VmLock {
+    /// [`Vm::lock_waiting`] by path, for `up`, which takes the lock before the guest loads.
+    pub fn acquire_waiting(path: &Path, name: &str, limit: std::time::Duration) -> Result<VmLock, LockError> {
+        match Self::acquire(path, name) {
+            Err(LockError::Busy { holder, .. }) => {
+                let pid = holder.map(|p| format!(" (pid {p})")).unwrap_or_default();
+                eprintln!(
+                    "another almavmm-host command{pid} is working on {name}; waiting up to {} s for it to finish",
+                    limit.as_secs()
+                );
+                Self::acquire_wait(path, name, limit)
+            }
+            other => other,
+        }
+    }
+
     /// Like [`VmLock::acquire`], but wait up to `limit` for another command to finish.
     pub fn acquire_wait(path: &Path, name: &str, limit: std::time::Duration) -> Result<VmLock, LockError> {
         let mut busy = None;
