@@ -144,18 +144,14 @@ pub fn build_and_check(profile: HostProfile) -> anyhow::Result<()> {
 }
 
 fn build_host(profile: HostProfile) -> anyhow::Result<PathBuf> {
-    let (flags, dir): (&[&str], _) = match profile {
-        HostProfile::Release => (&["--release"], "release"),
-        HostProfile::Dev => (&[], "debug"),
+    // Cargo names the dev profile's folder `debug`.
+    let (name, dir) = match profile {
+        HostProfile::Release => ("release", "release"),
+        HostProfile::Dev => ("dev", "debug"),
     };
-    let _s = Stage::new(format!(
-        "dist: cargo build {}-p almavmm-host",
-        flags.iter().map(|f| format!("{f} ")).collect::<String>()
-    ));
+    let _s = Stage::new(format!("dist: cargo build --profile {name} -p almavmm-host"));
     limited("cargo", CARGO_LIMIT)
-        .arg("build")
-        .args(flags)
-        .args(["--locked", "-p", "almavmm-host"])
+        .args(["build", "--profile", name, "--locked", "-p", "almavmm-host"])
         .run_inherited()
         .context("building almavmm-host")?;
     let bin = crate::agent::target_dir().join(dir).join("almavmm-host");
